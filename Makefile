@@ -1,0 +1,60 @@
+# simapp — two commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+COUNT ?= 200
+WORKERS ?= 1
+RPS ?= 200
+ARGS ?=
+
+.PHONY: install run test test-fast lint loadtest bench tools up down clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job on the embedded stack (Tansu + mock LLM + sink + workers), with a report.
+run: install
+	$(BIN)/python -m simapp.embedded.run --count $(COUNT) --workers $(WORKERS) $(ARGS)
+
+## Debian tools some tests use (promtool, chromium); installed when we are root with apt.
+tools:
+	@if ! command -v promtool >/dev/null || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian tools: prometheus chromium chromium-driver"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus chromium chromium-driver >/dev/null) \
+	      || echo "WARNING: could not install Debian tools; tests that need them will skip"; \
+	  else echo "WARNING: promtool/chromium missing and cannot apt-get; tests that need them will skip"; fi; \
+	fi
+
+test: install tools
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+lint: install
+	$(BIN)/ruff check simapp agents tables tests
+
+## Load test against KAFKA_BOOTSTRAP_SERVERS, or the embedded stack when none is configured.
+loadtest: install
+	$(BIN)/faust -A simapp loadtest --count $(COUNT) --follow $(ARGS)
+
+## Benchmark on the embedded stack (see docs/benchmarks.md).
+bench: install
+	$(BIN)/python -m simapp.bench --count $(or $(BENCH_COUNT),10000) --workers $(or $(BENCH_WORKERS),2) --rps $(RPS) $(ARGS)
+
+up:
+	docker compose -f docker/docker-compose.yml --env-file .env up -d --scale worker=5
+
+down:
+	docker compose -f docker/docker-compose.yml down
+
+clean:
+	rm -rf $(VENV) var *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,106 @@
+"""The Faust application `simapp`: settings -> Faust config, topics, and the agents/tables.
+
+`faust -A simapp worker -l info` finds `app` here (through simapp/__init__).
+Two broker profiles: `kafka` keeps Faust's production defaults; `embedded` tunes for the Tansu
+broker (ARCHITECTURE.md, "Tansu facts"): one record per produce batch (its ListOffsets is wrong
+for multi-record batches), short session/rebalance timeouts (its JoinGroup waits
+session_timeout/2), and every topic pre-created with the configured partition count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from simapp.committer import SafeCommitConsumer, SafeCommitTransport
+from simapp.config import Settings, get_settings
+
+
+class SimApp(faust.App):
+    """faust.App whose consumer never commits past an in-flight event (see committer.py)."""
+
+    def _new_transport(self) -> Any:
+        return SafeCommitTransport(self.conf.broker_consumer, self)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic simapp reads or writes."""
+
+    events: Any
+    results: Any
+    dlq: Any
+    progress: Any
+    checkpoints: Any
+
+    def all(self) -> list[Any]:
+        return [self.events, self.results, self.dlq, self.progress, self.checkpoints]
+
+
+def faust_config(settings: Settings) -> dict[str, Any]:
+    """Faust settings derived from ours."""
+    brokers = ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(","))
+    datadir = settings.worker_datadir
+    conf: dict[str, Any] = {
+        "broker": brokers,
+        "store": settings.table_store,
+        "datadir": datadir,
+        "topic_partitions": settings.kafka_partitions,
+        "topic_replication_factor": settings.kafka_replication_factor,
+        "topic_allow_declare": True,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_interval": settings.commit_interval,
+        "web_enabled": True,
+        "web_port": settings.metrics_port,
+        "web_bind": settings.web_bind,
+        "web_host": settings.web_host,
+        "web_in_thread": False,
+        "stream_wait_empty": True,
+        "stream_buffer_maxsize": max(64, settings.concurrent_conversations * 2),
+        "producer_acks": -1,
+        "table_cleanup_interval": 30.0,
+    }
+    if settings.embedded:
+        conf.update(
+            producer_max_batch_size=1,
+            broker_session_timeout=3.0,
+            broker_heartbeat_interval=0.5,
+            broker_rebalance_timeout=4.0,
+            broker_request_timeout=30.0,
+            consumer_max_fetch_size=1024 * 1024,
+        )
+    return conf
+
+
+def create_app(settings: Settings) -> tuple[SimApp, Topics]:
+    app = SimApp(settings.kafka_consumer_group, **faust_config(settings))
+    SafeCommitConsumer.shutdown_grace = settings.shutdown_grace_seconds
+    SafeCommitConsumer.revoke_grace = min(
+        settings.shutdown_grace_seconds, float(app.conf.broker_rebalance_timeout) * 0.6
+    )
+    parts = settings.kafka_partitions
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    json_ = {"key_serializer": "raw", "value_serializer": "json"}
+    topics = Topics(
+        events=app.topic(settings.kafka_topic, partitions=parts, **raw),
+        results=app.topic(settings.results_topic, partitions=parts, **json_),
+        dlq=app.topic(settings.dlq_topic, partitions=parts, **json_),
+        progress=app.topic(settings.progress_topic, partitions=parts, **json_),
+        checkpoints=app.topic(settings.checkpoint_topic, partitions=parts, **json_),
+    )
+    return app, topics
+
+
+settings = get_settings()
+app, topics = create_app(settings)
+
+# Agents, tables, views and commands register themselves on import.
+from simapp.runtime import Runtime  # noqa: E402
+
+runtime = Runtime(settings, app, topics)
+
+import agents  # noqa: E402,F401
+import tables  # noqa: E402,F401
+from simapp import cli, web  # noqa: E402,F401

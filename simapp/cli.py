@@ -1,0 +1,1 @@
+"""Faust commands of simapp (loadtest, submit, progress, dlq)."""

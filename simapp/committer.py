@@ -1,0 +1,141 @@
+"""A Faust consumer that never commits past an event that is still in flight.
+
+faust-streaming's `Consumer._new_offset` commits the end of the first run of consecutive acked
+offsets. With agent concurrency > 1 the head event of a partition can still be running while
+later ones are acked; the head-gap guard only works when something (and not offset 0) was
+committed before (faust-streaming issue #606, PR #707 open). A crash then loses the head event.
+
+Our rule is simpler and sound: per partition we track every offset handed to a stream and not
+yet acked. The commit offset is the smallest such offset; with none in flight it is the highest
+acked offset + 1. Messages are delivered to streams in offset order per partition, so every
+offset below the smallest in-flight one has been acked or was never a record (control batches,
+compaction), and a redelivery starts exactly at the oldest unfinished event.
+
+Also fixed here: faust clears the acked offsets of revoked partitions *before* its
+commit-on-revoke runs (faust-streaming issue #502), so every rebalance re-processed everything
+since the last timed commit. We commit what is finished before handing partitions over.
+Shutdown waits for in-flight events at most SHUTDOWN_GRACE_SECONDS, then commits what is safe
+and lets the rest be redelivered (they resume from their checkpoints) instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, Message
+
+from simapp import metrics
+
+log = logging.getLogger(__name__)
+
+
+class SafeCommitConsumer(faust_aiokafka.Consumer):
+    """aiokafka-driver Consumer with the in-flight-aware commit rule."""
+
+    shutdown_grace: float = 30.0  # set from SHUTDOWN_GRACE_SECONDS by the app
+    revoke_grace: float = 5.0  # must stay below the broker's rebalance timeout
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # offsets handed to streams and not yet acked, per partition (dict keeps it cheap)
+        self._inflight: dict[TP, dict[int, None]] = defaultdict(dict)
+        self._max_acked: dict[TP, int] = {}
+        self._grace: float | None = None
+
+    # ----- bookkeeping ------------------------------------------------------------------
+    def track_message(self, message: Message) -> None:
+        super().track_message(message)
+        if self.app.topics.acks_enabled_for(message.topic):
+            self._inflight[message.tp][message.offset] = None
+
+    def ack(self, message: Message) -> bool:
+        result = super().ack(message)
+        tp = message.tp
+        self._inflight[tp].pop(message.offset, None)
+        if message.offset > self._max_acked.get(tp, -1):
+            self._max_acked[tp] = message.offset
+        return result
+
+    def inflight_count(self) -> int:
+        return sum(len(v) for v in self._inflight.values())
+
+    def _new_offset(self, tp: TP) -> int | None:
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        inflight = self._inflight.get(tp)
+        top = self._max_acked.get(tp, max(acked)) + 1
+        new = min(min(inflight), top) if inflight else top
+        # forget acked offsets below the new commit point; keep the ones above it
+        keep = [o for o in acked if o >= new]
+        acked[:] = keep
+        self._acked_index[tp].intersection_update(keep)
+        committed = self._committed_offset[tp]
+        if committed is not None and new <= committed:
+            return None
+        return new
+
+    async def _commit(self, offsets: Any) -> bool:
+        try:
+            ok = await super()._commit(offsets)
+        except Exception:
+            metrics.kafka_commits_failed.inc()
+            raise
+        (metrics.kafka_commits_succeeded if ok else metrics.kafka_commits_failed).inc()
+        return ok
+
+    # ----- rebalance and shutdown -------------------------------------------------------
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # Commit finished work while faust still has the acked offsets (issue #502).
+        try:
+            await self.commit(revoked)
+        except Exception as exc:  # a failed commit means redelivery, never loss
+            log.warning("commit before revoke failed: %r", exc)
+        self._grace = self.revoke_grace
+        try:
+            await super().on_partitions_revoked(revoked)
+        finally:
+            self._grace = None
+        # Buffered messages were cleared by faust; the new owner (or we, after the seek to the
+        # committed offset) will fetch them again. Forget what is no longer ours.
+        for tp in revoked:
+            self._inflight.pop(tp, None)
+            self._max_acked.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        # After a rebalance faust seeks every assigned partition to its committed offset and
+        # re-fetches from there: offsets buffered before are delivered (and tracked) again.
+        for tp in list(self._inflight):
+            if tp not in assigned:
+                self._inflight.pop(tp, None)
+                self._max_acked.pop(tp, None)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def wait_empty(self) -> None:
+        """Wait for in-flight events, at most the grace period, then commit what is safe."""
+        loop = asyncio.get_running_loop()
+        grace = self._grace if self._grace is not None else self.shutdown_grace
+        deadline = loop.time() + grace
+        while not self.should_stop and self._unacked_messages and loop.time() < deadline:
+            await self.commit()
+            if not self._unacked_messages:
+                break
+            await self._wait_for_ack(timeout=1)
+            self._clean_unacked_messages()
+        if self._unacked_messages:
+            log.warning(
+                "grace period over: %d events still in flight are left unacked and will be "
+                "redelivered",
+                len(self._unacked_messages),
+            )
+        await self.commit_and_end_transactions()
+
+
+class SafeCommitTransport(faust_aiokafka.Transport):
+    """aiokafka transport whose consumer is SafeCommitConsumer."""
+
+    Consumer = SafeCommitConsumer

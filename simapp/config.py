@@ -1,0 +1,164 @@
+"""Every setting simapp reads, in one typed object built from the environment (and `.env`).
+
+The seed README names the first group (names and defaults kept exactly); the rest are ours.
+A bad value fails at start-up with a message that names the variable, instead of surfacing as
+a confusing error deep inside a worker.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from enum import Enum
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class BrokerProfile(str, Enum):
+    """Which broker the Faust settings are tuned for."""
+
+    kafka = "kafka"  # real Kafka: production defaults
+    embedded = "embedded"  # the Tansu broker of the embedded stack: its quirks need short timeouts
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """simapp configuration. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- Kafka (seed) ---
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_topic: str = "simulation-events"
+    kafka_consumer_group: str = "simulation-consumer-group"
+    # --- Kafka (ours) ---
+    kafka_partitions: int = Field(8, ge=1, le=1024, description="partitions of every topic we create")
+    results_topic: str = "simulation-results"
+    dlq_topic: str = "simulation-events-dlq"
+    progress_topic: str = "simulation-progress"
+    checkpoint_topic: str = "simulation-checkpoints"
+    kafka_replication_factor: int = Field(1, ge=1, le=10)
+    broker_profile: BrokerProfile = BrokerProfile.kafka
+    commit_interval: float = Field(2.0, gt=0, le=60)
+
+    # --- Consumer (seed) ---
+    concurrent_conversations: int = Field(20, ge=1, le=10_000)
+    llm_rate_limit_rps: float = Field(10, gt=0)
+    max_iterations: int = Field(10, ge=1, le=1000)
+    conversation_timeout: float = Field(300, gt=0)
+    # --- Consumer (ours) ---
+    shutdown_grace_seconds: float = Field(30, ge=0, le=3600)
+
+    # --- LLM client (seed) ---
+    llm_backend_url: str | None = None
+    llm_timeout: float = Field(30, gt=0)
+    llm_retry_attempts: int = Field(3, ge=0, le=20)
+    llm_connection_pool_size: int = Field(50, ge=1, le=100_000)
+    llm_api_key: SecretStr | None = None
+    # --- LLM client (ours) ---
+    llm_route: str = Field(
+        "openai",
+        description="LiteLLM provider prefix used with LLM_BACKEND_URL (openai or aiohttp_openai)",
+    )
+    user_simulator_model: str | None = None
+    llm_global_rate_limit_rps: float | None = Field(None, gt=0)
+    llm_model_rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    llm_tpm_limit: int | None = Field(None, gt=0)
+    llm_rate_safety_margin: float = Field(0.02, ge=0, lt=0.5)
+    llm_backoff_max: float = Field(16.0, gt=0)
+    breaker_fail_max: int = Field(5, ge=1)
+    breaker_reset_timeout: float = Field(60.0, gt=0)
+    engine_class: str = Field(
+        "simapp.conversation:ConversationEngine",
+        description="module:Class of the conversation engine (extension point)",
+    )
+
+    # --- Callbacks (ours) ---
+    callback_timeout: float = Field(10, gt=0)
+    callback_retry_attempts: int = Field(5, ge=0, le=50)
+    callback_deadline: float = Field(120, gt=0)
+    callback_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- Input limits (ours) ---
+    max_event_bytes: int = Field(65_536, ge=512)
+    allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- Metrics / web / logs ---
+    metrics_port: int = Field(8000, ge=0, le=65535)
+    web_host: str = Field("127.0.0.1", description="host name other workers use to reach us")
+    web_bind: str = "0.0.0.0"
+    log_format: str = Field("text", pattern="^(text|json)$")
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    worker_datadir: str = "var/worker"
+    table_store: str = Field("rocksdb://", description="rocksdb:// (durable) or memory://")
+
+    @field_validator("callback_allowed_hosts", "allowed_models", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("llm_model_rate_limits", mode="before")
+    @classmethod
+    def _model_limits(cls, value: Any) -> Any:
+        """Accept JSON ({"gpt-4": 20}) or `gpt-4=20,claude-3=5`."""
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return {}
+            if value.startswith("{"):
+                return json.loads(value)
+            pairs = (item.split("=", 1) for item in _split_csv(value))
+            return {name.strip(): float(rate) for name, rate in pairs}
+        return value
+
+    @field_validator("callback_allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if "/" in entry:
+                ipaddress.ip_network(entry, strict=False)  # raises ValueError naming the entry
+        return [entry.lower() for entry in value]
+
+    @field_validator("llm_route")
+    @classmethod
+    def _route(cls, value: str) -> str:
+        if value not in {"openai", "aiohttp_openai", "hosted_vllm", "litellm_proxy"}:
+            raise ValueError("must be one of openai, aiohttp_openai, hosted_vllm, litellm_proxy")
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_profile is BrokerProfile.embedded
+
+
+class SettingsError(SystemExit):
+    """Raised at start-up with one line per bad variable."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning pydantic's error into a message naming each variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = str(err["loc"][0]).upper() if err["loc"] else "?"
+            shown = "***" if "KEY" in name else repr(err.get("input"))
+            lines.append(f"  {name}: {err['msg']} (got {shown})")
+        raise SettingsError("invalid simapp configuration:\n" + "\n".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,597 @@
+"""Mock OpenAI-compatible chat-completions server for load and fault testing.
+
+Lets the simulator be exercised end to end (rate limits, 429 storms, 5xx,
+hangs, auth failures, unknown models) without a real LLM, while producing
+replies that are persona-aware and deterministic so tests are repeatable.
+
+Run: ``python -m simapp.embedded.mock_llm --host 127.0.0.1 --port 0``; it
+prints ``MOCK_LLM_READY port=<port>`` once it is listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import random
+import re
+import signal
+import sys
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+READY_PREFIX = "MOCK_LLM_READY"
+MAX_DETAIL_TIMES = 20000
+HANG_MAX_S = 3600.0
+HANG_POLL_S = 0.1
+
+STOP_MARKER_RE = re.compile(r"Stop marker: (\S+)")
+PERSONA_RE = re.compile(r"^\s*Persona:\s*(.+?)\s*$", re.MULTILINE)
+WORD_RE = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
+
+
+@dataclass
+class MockConfig:
+    """Server behaviour; every field except host/port is changeable at runtime."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    latency_ms: float = 50.0
+    latency_jitter_ms: float = 0.0
+    rps_limit: float = 0.0
+    retry_after_s: float = 1.0
+    force_429_count: int = 0
+    error_rate: float = 0.0
+    fail_next: int = 0
+    hang_rate: float = 0.0
+    api_key: str | None = None
+    unknown_models: list[str] = field(default_factory=lambda: ["mock-unknown"])
+    seed: int | None = None
+
+
+_STATIC_FIELDS = {"host", "port"}
+_FLOAT_FIELDS = {
+    "latency_ms",
+    "latency_jitter_ms",
+    "rps_limit",
+    "retry_after_s",
+    "error_rate",
+    "hang_rate",
+}
+_INT_FIELDS = {"force_429_count", "fail_next"}
+
+
+def _coerce_field(name: str, value: Any) -> Any:
+    """Validate one runtime config value so a bad admin call fails loudly, not later."""
+    if name in _FLOAT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number")
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0")
+        if name in ("error_rate", "hang_rate") and value > 1:
+            raise ValueError(f"{name} must be within 0..1")
+        return float(value)
+    if name in _INT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer")
+        return value
+    if name == "api_key":
+        if value is not None and not isinstance(value, str):
+            raise ValueError("api_key must be a string or null")
+        return value or None
+    if name == "unknown_models":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("unknown_models must be a list of strings")
+        return list(value)
+    if name == "seed":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("seed must be an integer or null")
+        return value
+    raise ValueError(f"unknown or read-only config field: {name}")
+
+
+def _format_retry_after(seconds: float) -> str:
+    """Render ``1`` rather than ``1.0`` so integer-only clients still parse it."""
+    return f"{seconds:g}"
+
+
+def _openai_error(message: str, err_type: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": err_type, "param": None, "code": code}}
+
+
+def _content_text(content: Any) -> str:
+    """Flatten OpenAI content (string or list of parts) to plain text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, str):
+                parts.append(part)
+        return " ".join(parts)
+    return "" if content is None else str(content)
+
+
+def _crc(text: str) -> int:
+    """Stable hash (unlike hash()) so replies are identical across processes."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def _word_count(text: str) -> int:
+    return len(text.split())
+
+
+# --------------------------------------------------------------------------- replies
+
+_USER_CLOSINGS = (
+    "Thanks, that answers everything I needed, {persona} is all set.",
+    "Great, that's clear now. {persona} appreciates the help, goodbye.",
+    "Perfect, I think {persona} can take it from here. Thanks!",
+    "Okay, that works for me. That's all from {persona} for today.",
+)
+_USER_FOLLOWUPS = (
+    'Hmm, as {persona} I\'m still unsure about the "{word}" part. Could you explain it a bit more?',
+    '{persona} here again: what exactly happens with "{word}" if something goes wrong?',
+    'Thanks. Speaking as {persona}, is there a simpler way to handle "{word}"?',
+    'Got it, but {persona} wonders how long "{word}" usually takes. Can you say?',
+)
+_ASSISTANT_REPLIES = (
+    'You asked: "{snippet}". The short answer is that it depends on your setup, '
+    "but the standard approach works in most cases. Let me know if you want step-by-step details.",
+    'Regarding "{snippet}": I\'d start with the basics and check your current settings first. '
+    "If that doesn't help, I can walk you through the next steps.",
+    'Good question about "{snippet}". Here is a clear summary: follow the documented process '
+    "and confirm the result afterwards.",
+    'Thanks for asking about "{snippet}". This is usually straightforward to resolve.',
+)
+
+
+def _pick_word(text: str) -> str:
+    """Pick a salient word from the last message so follow-ups look on-topic."""
+    words = WORD_RE.findall(text)
+    if not words:
+        return "that"
+    longest = max(len(w) for w in words)
+    return next(w for w in words if len(w) == longest)
+
+
+def generate_reply(messages: list[dict[str, Any]]) -> str:
+    """Deterministic reply: simulated user if the system prompt has a stop marker."""
+    system_text = "\n".join(
+        _content_text(m.get("content")) for m in messages if m.get("role") == "system"
+    )
+    convo = [m for m in messages if m.get("role") != "system"]
+    last_text = _content_text(convo[-1].get("content")) if convo else ""
+    marker = STOP_MARKER_RE.search(system_text)
+    if marker:
+        token = marker.group(1)
+        pm = PERSONA_RE.search(system_text)
+        persona = pm.group(1) if pm else "the user"
+        first_text = _content_text(convo[0].get("content")) if convo else ""
+        k = 1 + _crc(first_text) % 4
+        own_replies = sum(1 for m in convo if m.get("role") == "assistant")
+        variant = _crc(f"{first_text}|{own_replies}")
+        if own_replies + 1 >= k:
+            closing = _USER_CLOSINGS[variant % len(_USER_CLOSINGS)].format(persona=persona)
+            return f"{closing} {token}"
+        template = _USER_FOLLOWUPS[variant % len(_USER_FOLLOWUPS)]
+        return template.format(persona=persona, word=_pick_word(last_text))
+    last_user = next(
+        (_content_text(m.get("content")) for m in reversed(convo) if m.get("role") == "user"),
+        last_text,
+    )
+    words = last_user.split()
+    snippet = " ".join(words[:6]) + (" ..." if len(words) > 6 else "")
+    if not snippet:
+        snippet = "your question"
+    template = _ASSISTANT_REPLIES[_crc(last_user) % len(_ASSISTANT_REPLIES)]
+    return template.format(snippet=snippet)
+
+
+# --------------------------------------------------------------------------- state
+
+
+class SlidingWindow:
+    """Exact count of events in the trailing 1 s window, plus its historical max."""
+
+    def __init__(self, width_s: float = 1.0) -> None:
+        self.width_s = width_s
+        self.times: deque[float] = deque()
+        self.max_count = 0
+
+    def prune(self, now: float) -> int:
+        cutoff = now - self.width_s
+        while self.times and self.times[0] <= cutoff:
+            self.times.popleft()
+        return len(self.times)
+
+    def add(self, now: float) -> None:
+        self.prune(now)
+        self.times.append(now)
+        self.max_count = max(self.max_count, len(self.times))
+
+
+class MockState:
+    """Mutable config plus counters; one instance per app, touched only on the loop."""
+
+    def __init__(self, config: MockConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.stopping = asyncio.Event()
+        self.error_toggle = 0
+        self.completion_seq = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.responses_by_status: dict[str, int] = {}
+        self.arrivals = SlidingWindow()
+        self.admitted = SlidingWindow()
+        self.rate_limited = 0
+        self.hung = 0
+        self.by_model: dict[str, int] = {}
+        self.first_request_at: float | None = None
+        self.last_request_at: float | None = None
+        self.first_mono: float | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.admitted_times: deque[float] = deque(maxlen=MAX_DETAIL_TIMES)
+        self.admitted_times_by_model: dict[str, deque[float]] = {}
+        self.rate_limited_times: deque[float] = deque(maxlen=MAX_DETAIL_TIMES)
+
+    def rel(self, mono: float) -> float:
+        return round(mono - (self.first_mono if self.first_mono is not None else mono), 6)
+
+    def snapshot(self, detail: bool) -> dict[str, Any]:
+        self.in_flight = max(self.in_flight, 0)
+        out: dict[str, Any] = {
+            "requests": self.requests,
+            "responses_by_status": dict(self.responses_by_status),
+            "max_1s_window": self.arrivals.max_count,
+            "max_1s_window_admitted": self.admitted.max_count,
+            "rate_limited": self.rate_limited,
+            "hung": self.hung,
+            "by_model": dict(self.by_model),
+            "first_request_at": self.first_request_at,
+            "last_request_at": self.last_request_at,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "config": dataclasses.asdict(self.config),
+        }
+        if detail:
+            out["admitted_times"] = list(self.admitted_times)
+            out["admitted_times_by_model"] = {
+                m: list(ts) for m, ts in self.admitted_times_by_model.items()
+            }
+            out["rate_limited_times"] = list(self.rate_limited_times)
+        return out
+
+
+STATE_KEY = web.AppKey("mock_llm_state", MockState)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _json_response(
+    state: MockState, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> web.Response:
+    """Build a JSON response and count it, so stats always match what clients saw."""
+    key = str(status)
+    state.responses_by_status[key] = state.responses_by_status.get(key, 0) + 1
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _rate_limited(state: MockState, now: float) -> web.Response:
+    state.rate_limited += 1
+    state.rate_limited_times.append(state.rel(now))
+    return _json_response(
+        state,
+        429,
+        _openai_error("Rate limit exceeded", "rate_limit_error", "rate_limit_exceeded"),
+        headers={"Retry-After": _format_retry_after(state.config.retry_after_s)},
+    )
+
+
+async def _hang(request: web.Request, state: MockState) -> None:
+    """Never answer; return once the client goes away or the server stops."""
+    deadline = time.monotonic() + HANG_MAX_S
+    while time.monotonic() < deadline and not state.stopping.is_set():
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(state.stopping.wait(), HANG_POLL_S)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """OpenAI chat.completions: admission control, faults, then a canned reply."""
+    state = request.app[STATE_KEY]
+    cfg = state.config
+    raw = await request.read()
+    payload: Any
+    try:
+        payload = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    model = payload.get("model") if isinstance(payload, dict) else None
+    model_key = model if isinstance(model, str) and model else "<none>"
+
+    now = time.monotonic()
+    state.requests += 1
+    if state.first_mono is None:
+        state.first_mono = now
+        state.first_request_at = time.time()
+    state.last_request_at = time.time()
+    state.by_model[model_key] = state.by_model.get(model_key, 0) + 1
+    state.arrivals.add(now)
+
+    # Admission: anything not answered 429 here counts as "admitted".
+    if cfg.force_429_count > 0:
+        cfg.force_429_count -= 1
+        return _rate_limited(state, now)
+    if cfg.rps_limit > 0 and state.admitted.prune(now) >= cfg.rps_limit:
+        return _rate_limited(state, now)
+    state.admitted.add(now)
+    state.admitted_times.append(state.rel(now))
+    state.admitted_times_by_model.setdefault(model_key, deque(maxlen=MAX_DETAIL_TIMES)).append(
+        state.rel(now)
+    )
+
+    state.in_flight += 1
+    state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    try:
+        return await _admitted_response(request, state, payload, model)
+    finally:
+        state.in_flight -= 1
+
+
+async def _admitted_response(
+    request: web.Request, state: MockState, payload: Any, model: Any
+) -> web.StreamResponse:
+    cfg = state.config
+    # Decide fault outcomes up front so runtime config changes mid-latency don't mix.
+    outcome = "ok"
+    if cfg.fail_next > 0:
+        cfg.fail_next -= 1
+        outcome = "fail"
+    elif cfg.error_rate > 0 and state.rng.random() < cfg.error_rate:
+        outcome = "error"
+    elif cfg.hang_rate > 0 and state.rng.random() < cfg.hang_rate:
+        outcome = "hang"
+
+    delay_ms = state.rng.uniform(
+        cfg.latency_ms - cfg.latency_jitter_ms, cfg.latency_ms + cfg.latency_jitter_ms
+    )
+    if delay_ms > 0:
+        await asyncio.sleep(delay_ms / 1000.0)
+
+    if cfg.api_key is not None:
+        auth = request.headers.get("Authorization", "")
+        if auth != f"Bearer {cfg.api_key}":
+            return _json_response(
+                state,
+                401,
+                _openai_error(
+                    "Incorrect API key provided.", "authentication_error", "invalid_api_key"
+                ),
+            )
+    if not isinstance(payload, dict):
+        return _json_response(
+            state,
+            400,
+            _openai_error("Request body must be a JSON object.", "invalid_request_error", None),
+        )
+    messages = payload.get("messages")
+    if not isinstance(model, str) or not model:
+        return _json_response(
+            state,
+            400,
+            _openai_error("You must provide a model parameter.", "invalid_request_error", None),
+        )
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) for m in messages)
+    ):
+        return _json_response(
+            state,
+            400,
+            _openai_error(
+                "'messages' must be a non-empty array of objects.", "invalid_request_error", None
+            ),
+        )
+    if model in cfg.unknown_models:
+        return _json_response(
+            state,
+            404,
+            _openai_error(
+                f"The model `{model}` does not exist", "invalid_request_error", "model_not_found"
+            ),
+        )
+    if outcome == "fail":
+        return _json_response(
+            state,
+            500,
+            _openai_error("The server had an error processing your request.", "server_error", None),
+        )
+    if outcome == "error":
+        state.error_toggle ^= 1
+        status = 500 if state.error_toggle else 503
+        msg = (
+            "The server had an error processing your request."
+            if status == 500
+            else ("The engine is currently overloaded, please try again later.")
+        )
+        return _json_response(state, status, _openai_error(msg, "server_error", None))
+    if outcome == "hang":
+        state.hung += 1
+        await _hang(request, state)
+        # Client is gone (or we are stopping); any answer is best-effort.
+        return web.Response(status=503, text="hung")
+
+    reply = generate_reply(messages)
+    prompt_tokens = max(1, sum(_word_count(_content_text(m.get("content"))) for m in messages))
+    completion_tokens = max(1, _word_count(reply))
+    state.completion_seq += 1
+    body = {
+        "id": f"chatcmpl-mock-{state.completion_seq:08d}-{_crc(reply):08x}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+    return _json_response(state, 200, body)
+
+
+async def stats(request: web.Request) -> web.Response:
+    detail = request.query.get("detail", "") not in ("", "0", "false")
+    return web.json_response(request.app[STATE_KEY].snapshot(detail))
+
+
+async def admin_config(request: web.Request) -> web.Response:
+    """Apply a partial config update atomically (all fields valid or nothing changes)."""
+    state = request.app[STATE_KEY]
+    if request.method == "POST":
+        try:
+            update = await request.json()
+        except ValueError:
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        if not isinstance(update, dict):
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        try:
+            coerced = {k: _coerce_field(k, v) for k, v in update.items()}
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        for k, v in coerced.items():
+            setattr(state.config, k, v)
+        if "seed" in coerced:
+            state.rng.seed(coerced["seed"])
+    return web.json_response(dataclasses.asdict(state.config))
+
+
+async def admin_reset(request: web.Request) -> web.Response:
+    request.app[STATE_KEY].reset()
+    return web.json_response({"ok": True})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """Release hanging handlers so shutdown doesn't wait for them."""
+    app[STATE_KEY].stopping.set()
+
+
+def build_app(config: MockConfig) -> web.Application:
+    """Create the aiohttp app; the config object is mutated by /admin/config."""
+    app = web.Application(client_max_size=32 * 1024 * 1024)
+    app[STATE_KEY] = MockState(config)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/admin/config", admin_config)
+    app.router.add_post("/admin/config", admin_config)
+    app.router.add_post("/admin/reset", admin_reset)
+    app.router.add_get("/healthz", healthz)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def serve(config: MockConfig) -> tuple[web.AppRunner, int]:
+    """Start listening; returns the runner (call ``cleanup()``) and the bound port."""
+    runner = web.AppRunner(build_app(config), access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    port = int(runner.addresses[0][1])
+    return runner, port
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> MockConfig:
+    d = MockConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m simapp.embedded.mock_llm", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--host", default=d.host)
+    p.add_argument("--port", type=int, default=d.port, help="0 picks a free port")
+    p.add_argument("--latency-ms", type=float, default=d.latency_ms)
+    p.add_argument("--latency-jitter-ms", type=float, default=d.latency_jitter_ms)
+    p.add_argument("--rps-limit", type=float, default=d.rps_limit, help="0 = unlimited")
+    p.add_argument("--retry-after-s", type=float, default=d.retry_after_s)
+    p.add_argument("--force-429-count", type=int, default=d.force_429_count)
+    p.add_argument("--error-rate", type=float, default=d.error_rate)
+    p.add_argument("--fail-next", type=int, default=d.fail_next)
+    p.add_argument("--hang-rate", type=float, default=d.hang_rate)
+    p.add_argument("--api-key", default=d.api_key)
+    p.add_argument(
+        "--unknown-models",
+        default=",".join(d.unknown_models),
+        help="comma-separated model names answered with 404",
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    a = p.parse_args(argv)
+    return MockConfig(
+        host=a.host,
+        port=a.port,
+        latency_ms=a.latency_ms,
+        latency_jitter_ms=a.latency_jitter_ms,
+        rps_limit=a.rps_limit,
+        retry_after_s=a.retry_after_s,
+        force_429_count=a.force_429_count,
+        error_rate=a.error_rate,
+        fail_next=a.fail_next,
+        hang_rate=a.hang_rate,
+        api_key=a.api_key or None,
+        unknown_models=[m.strip() for m in a.unknown_models.split(",") if m.strip()],
+        seed=a.seed,
+    )
+
+
+async def _run_forever(config: MockConfig) -> None:
+    runner, port = await serve(config)
+    print(f"{READY_PREFIX} port={port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run_forever(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

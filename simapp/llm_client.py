@@ -1,0 +1,234 @@
+"""LLM calls through LiteLLM, with our rate budget, circuit breaker and retries around them.
+
+Order per attempt: rate budget (never above the provider's limit) -> circuit breaker (one per
+backend) -> `litellm.acompletion` with a hard deadline. LiteLLM's and the OpenAI SDK's own
+retries are off (`max_retries=0`, never `num_retries`) so ours are the only retry layer; `timeout`
+and `max_retries` stay constant because each distinct value makes LiteLLM cache a new client
+with its own connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from simapp.config import Settings
+from simapp.conversation import END_LLM_ERROR, END_LLM_UNAVAILABLE, Completion, LLMError
+
+log = logging.getLogger(__name__)
+
+_litellm: Any = None
+
+
+def import_litellm(pool_size: int) -> Any:
+    """Import LiteLLM offline, quiet, with our pool size (it reads these env vars at import)."""
+    global _litellm
+    if _litellm is None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+        os.environ.setdefault("LITELLM_LOG", "ERROR")
+        os.environ["AIOHTTP_CONNECTOR_LIMIT"] = str(pool_size)
+        os.environ["AIOHTTP_CONNECTOR_LIMIT_PER_HOST"] = str(pool_size)
+        import litellm
+
+        litellm.suppress_debug_info = True
+        litellm.telemetry = False
+        litellm.num_retries = 0
+        litellm.drop_params = True
+        _litellm = litellm
+    return _litellm
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Seconds a 429 asks us to wait: retry-after-ms, Retry-After (secs or date), x-ratelimit-reset-*."""
+    if not headers:
+        return None
+    get = headers.get
+    value = get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError):
+                pass
+    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "x-ratelimit-reset"):
+        value = get(name)
+        if value:
+            seconds = _duration(value)
+            if seconds is not None:
+                return seconds
+    return None
+
+
+def _duration(value: str) -> float | None:
+    """OpenAI-style reset durations: '1s', '20ms', '6m0s', '0.5'."""
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    total, number = 0.0, ""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = "ms" if value.startswith("ms", i) else ch
+        if unit not in units or not number:
+            return None
+        total += float(number) * units[unit]
+        number = ""
+        i += len(unit)
+    return total if not number else None
+
+
+def backoff(attempt: int, base: float = 0.5, cap: float = 16.0) -> float:
+    """Full-jitter exponential backoff: uniform(0, min(cap, base * 2**attempt))."""
+    return random.uniform(0, min(cap, base * (2**attempt)))
+
+
+def status_of(exc: BaseException) -> int | None:
+    code = getattr(exc, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+class LLMClient:
+    """Completes chat messages for the engine; one instance per worker."""
+
+    def __init__(self, settings: Settings, budgets: Any, breaker: Any, metrics: Any = None) -> None:
+        self.settings = settings
+        self.litellm = import_litellm(settings.llm_connection_pool_size)
+        self.budgets = budgets
+        self.breaker = breaker
+        self.metrics = metrics
+        key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+        self.api_base = settings.llm_backend_url
+        # An OpenAI-compatible backend without auth still needs a non-empty key for the SDK.
+        self.api_key = key or ("no-key" if self.api_base else None)
+        self.route = settings.llm_route if settings.llm_backend_url else None
+
+    def provider_model(self, model: str) -> str:
+        return f"{self.route}/{model}" if self.route else model
+
+    async def complete(self, model: str, messages: list[dict[str, str]]) -> Completion:
+        """One chat completion with our retries; raises LLMError when it cannot succeed."""
+        retries_left = self.settings.llm_retry_attempts
+        attempt = 0
+        rate_limited = 0
+        while True:
+            try:
+                return await self._attempt(model, messages)
+            except LLMError:
+                raise
+            except Exception as exc:  # classified below
+                code = status_of(exc)
+                kind = self._classify(exc, code)
+                if self.metrics is not None:
+                    self.metrics.llm_error(model, kind)
+                if kind == "rate_limited":
+                    rate_limited += 1
+                    response = getattr(exc, "response", None)
+                    advised = retry_after_seconds(getattr(response, "headers", None))
+                    if advised is None:
+                        advised = backoff(rate_limited, 1.0, self.settings.llm_backoff_max)
+                    pause = min(advised, self.settings.llm_backoff_max * 4)
+                    self.budgets.pause(model, pause)
+                    continue  # the whole model waits in acquire(); 429s are bounded by the deadline
+                if kind == "fatal":
+                    raise LLMError(
+                        f"{type(exc).__name__} (HTTP {code}): {self._short(exc)}", END_LLM_ERROR
+                    ) from None
+                if retries_left <= 0:
+                    raise LLMError(
+                        f"gave up after {attempt + 1} attempts: {type(exc).__name__} "
+                        f"(HTTP {code}): {self._short(exc)}",
+                        END_LLM_UNAVAILABLE,
+                    ) from None
+                retries_left -= 1
+                await asyncio.sleep(backoff(attempt, 0.5, self.settings.llm_backoff_max))
+                attempt += 1
+
+    @staticmethod
+    def _classify(exc: BaseException, code: int | None) -> str:
+        from simapp.breaker import BreakerOpen
+
+        if isinstance(exc, BreakerOpen):
+            return "breaker_open"
+        if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+            return "timeout"
+        if code == 429:
+            return "rate_limited"
+        if code in (400, 401, 403, 404, 422):
+            return "fatal"
+        if code == 408:
+            return "timeout"
+        if code is not None and code >= 500:
+            return "server_error"
+        return "connection_error"
+
+    async def _attempt(self, model: str, messages: list[dict[str, str]]) -> Completion:
+        waited = await self.budgets.acquire(model)
+        if self.metrics is not None and waited > 0:
+            self.metrics.rate_wait(model, waited)
+        started = time.perf_counter()
+        response = await self.breaker.call(lambda: self._call(model, messages))
+        if self.metrics is not None:
+            self.metrics.llm_call(model, time.perf_counter() - started)
+        choice = response.choices[0]
+        usage = getattr(response, "usage", None)
+        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion = int(getattr(usage, "completion_tokens", 0) or 0)
+        cost = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
+        if prompt or completion:
+            self.budgets.record_tokens(model, prompt + completion)
+        if self.metrics is not None:
+            self.metrics.llm_tokens(model, prompt, completion, cost)
+        return Completion(
+            content=choice.message.content or "",
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=float(cost) if cost is not None else None,
+        )
+
+    def _short(self, exc: BaseException) -> str:
+        """Error text for summaries and logs, never carrying the API key."""
+        text = str(exc).replace("\n", " ")
+        if self.api_key and len(self.api_key) > 3:
+            text = text.replace(self.api_key, "***")
+        return text[:300]
+
+    async def _call(self, model: str, messages: list[dict[str, str]]) -> Any:
+        timeout = self.settings.llm_timeout
+        async with asyncio.timeout(timeout + 1.0):  # hard deadline around LiteLLM's per-attempt one
+            return await self.litellm.acompletion(
+                model=self.provider_model(model),
+                messages=messages,
+                api_base=self.api_base,
+                api_key=self.api_key,
+                timeout=timeout,
+                max_retries=0,
+            )
+
+
+def is_breaker_failure(exc: BaseException) -> bool:
+    """Only backend trouble counts towards opening the breaker, not our bad requests or 429s."""
+    code = status_of(exc)
+    if code is None:
+        return True
+    return code >= 500 or code == 408

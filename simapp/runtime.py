@@ -1,0 +1,271 @@
+"""What one worker does with one simulation event, from raw bytes to a delivered summary.
+
+Kept out of the agent so the agent stays a thin Faust loop: decode -> (dead-letter | run the
+conversation -> POST the summary -> record the result) and never raise, so one bad event cannot
+stop the stream. Heavy components (LiteLLM import, HTTP session) are built on first use inside
+the worker's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from simapp import metrics
+from simapp.callbacks import CallbackSender
+from simapp.config import Settings
+from simapp.conversation import END_LLM_ERROR, END_LLM_UNAVAILABLE, ConversationEngine
+from simapp.logs import log_outcome
+from simapp.schemas import Rejection, SimulationEvent, Summary
+from simapp.urlpolicy import CallbackPolicy
+
+log = logging.getLogger(__name__)
+
+FAILED_END_REASONS = frozenset({END_LLM_ERROR, END_LLM_UNAVAILABLE})
+DLQ_ORIGINAL_LIMIT = 256 * 1024  # bytes of the original event kept in a dead letter
+
+
+def load_engine_class(path: str) -> type[ConversationEngine]:
+    module, _, name = path.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, ConversationEngine)):
+        raise TypeError(f"ENGINE_CLASS {path} is not a ConversationEngine subclass")
+    return cls
+
+
+def encode_original(raw: bytes | None) -> dict[str, Any]:
+    """The original event bytes for a dead letter: text when UTF-8, else base64; capped."""
+    if raw is None:
+        return {"encoding": "none", "value": None, "size": 0}
+    size = len(raw)
+    kept = raw[:DLQ_ORIGINAL_LIMIT]
+    try:
+        value, encoding = kept.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        value, encoding = base64.b64encode(kept).decode("ascii"), "base64"
+    return {"encoding": encoding, "value": value, "size": size, "truncated": size > len(kept)}
+
+
+class Runtime:
+    """Per-worker components and the event handling path."""
+
+    def __init__(self, settings: Settings, app: Any, topics: Any) -> None:
+        from simapp.schemas import EventDecoder
+
+        self.settings = settings
+        self.app = app
+        self.topics = topics
+        self.decoder = EventDecoder(settings)
+        self.policy = CallbackPolicy(settings.callback_allowed_hosts)
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self.running: dict[str, asyncio.Future] = {}
+        self.budgets: Any = None
+        self.breaker: Any = None
+        self.llm: Any = None
+        self.engine: ConversationEngine | None = None
+        self.sender: CallbackSender | None = None
+
+    # ----- start-up ---------------------------------------------------------------------
+    async def ensure_started(self) -> None:
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            self._build()
+            self._started = True
+
+    def _build(self) -> None:
+        from simapp.breaker import AsyncCircuitBreaker
+        from simapp.llm_client import LLMClient, is_breaker_failure
+        from simapp.ratelimit import RateBudgets
+
+        s = self.settings
+        llm_metrics = metrics.LLMMetrics()
+        if self.budgets is None:
+            self.budgets = self.new_budgets()
+        backend = s.llm_backend_url or "provider-default"
+        self.breaker = AsyncCircuitBreaker(
+            backend,
+            fail_max=s.breaker_fail_max,
+            reset_timeout=s.breaker_reset_timeout,
+            wait_when_open=True,
+            exclude=lambda exc: not is_breaker_failure(exc),
+        )
+        self.breaker.add_listener(lambda old, new: llm_metrics.breaker_state(backend, new))
+        llm_metrics.breaker_state(backend, "closed")
+        self.llm = LLMClient(s, self.budgets, self.breaker, llm_metrics)
+        engine_cls = load_engine_class(s.engine_class)
+        self.engine = engine_cls(
+            self.llm,
+            max_iterations_cap=s.max_iterations,
+            timeout=s.conversation_timeout,
+            user_model=s.user_simulator_model,
+        )
+        self.sender = CallbackSender(
+            timeout=s.callback_timeout,
+            attempts=s.callback_retry_attempts,
+            deadline=s.callback_deadline,
+            policy=self.policy,
+        )
+        del RateBudgets
+
+    def new_budgets(self) -> Any:
+        from simapp.ratelimit import RateBudgets
+
+        s = self.settings
+        rps = s.llm_global_rate_limit_rps or s.llm_rate_limit_rps
+        return RateBudgets(
+            rps,
+            per_model_rps=s.llm_model_rate_limits or None,
+            tpm=s.llm_tpm_limit,
+            share=1.0,
+            safety_margin=s.llm_rate_safety_margin,
+        )
+
+    async def close(self) -> None:
+        if self.sender is not None:
+            await self.sender.close()
+
+    # ----- rebalance: share of a global budget ------------------------------------------
+    def on_assignment(self, assigned_event_partitions: int) -> None:
+        """With a global budget, this worker's share is its part of the event partitions."""
+        if self.budgets is None:
+            self.budgets = self.new_budgets()
+        if self.settings.llm_global_rate_limit_rps:
+            share = assigned_event_partitions / self.settings.kafka_partitions
+            self.budgets.set_share(share)
+            log.info(
+                "rate budget share %.3f (%d/%d partitions) of global %.1f rps",
+                share,
+                assigned_event_partitions,
+                self.settings.kafka_partitions,
+                self.settings.llm_global_rate_limit_rps,
+            )
+
+    def on_revoke(self) -> None:
+        """During a rebalance hold our share at zero until the new assignment is known."""
+        if self.budgets is not None and self.settings.llm_global_rate_limit_rps:
+            self.budgets.set_share(0.0)
+
+    # ----- the path of one event --------------------------------------------------------
+    async def handle(self, raw: bytes | None, topic: str, partition: int, offset: int) -> str:
+        """Process one event to its end; returns the outcome. Never raises (except cancel)."""
+        metrics.kafka_messages_consumed.inc()
+        source = {"topic": topic, "partition": partition, "offset": offset}
+        decoded = self.decoder.decode(raw)
+        if isinstance(decoded, Rejection):
+            await self.reject(decoded, raw, source)
+            return "rejected"
+        try:
+            await self.ensure_started()
+            return await self.simulate(decoded, source)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # our bug: do not lose the event, dead-letter it with the reason
+            log.exception("simulation %s crashed", decoded.id)
+            await self.dead_letter(
+                "internal_error", f"{type(exc).__name__}: {exc}"[:500], source, decoded.id,
+                original=raw, batch_id=decoded.batch_id,
+            )
+            metrics.conversations_failed.labels("internal_error").inc()
+            return "internal_error"
+
+    async def reject(self, rejection: Rejection, raw: bytes | None, source: dict) -> None:
+        metrics.conversations_failed.labels(rejection.reason).inc()
+        log_outcome(
+            rejection.simulation_id, "rejected", reason=rejection.reason, detail=rejection.detail,
+            partition=source["partition"], offset=source["offset"],
+        )
+        await self.dead_letter(
+            rejection.reason, rejection.detail, source, rejection.simulation_id, original=raw
+        )
+
+    async def simulate(self, event: SimulationEvent, source: dict) -> str:
+        running = self.running.get(event.id)
+        if running is not None:
+            # The same id is already running here (duplicate input or a redelivery after a
+            # rebalance): wait for that run instead of simulating twice.
+            await asyncio.shield(running)
+            log_outcome(event.id, "skipped_duplicate", reason="already running in this worker")
+            return "skipped_duplicate"
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.running[event.id] = done
+        metrics.conversations_active.inc()
+        try:
+            assert self.engine is not None
+            summary = await self.engine.run(event)
+            return await self.finish(event, summary, source)
+        finally:
+            metrics.conversations_active.dec()
+            self.running.pop(event.id, None)
+            done.set_result(None)
+
+    async def finish(self, event: SimulationEvent, summary: Summary, source: dict) -> str:
+        payload = summary.model_dump(mode="json", exclude_none=True)
+        metrics.conversation_duration_seconds.observe(summary.duration_ms / 1000)
+        metrics.iterations_per_conversation.observe(summary.total_iterations)
+        assert self.sender is not None
+        delivery = await self.sender.deliver(event.callback_url, event.id, payload)
+        metrics.callback_attempts.inc(delivery.attempts)
+        await self.topics.results.send(
+            key=event.id.encode(),
+            value={**payload, "delivered": delivery.ok, "callback_attempts": delivery.attempts},
+        )
+        if not delivery.ok:
+            metrics.callback_failures.inc()
+            metrics.conversations_failed.labels("callback_failed").inc()
+            await self.dead_letter(
+                "callback_failed", delivery.error or "undeliverable", source, event.id,
+                summary=payload, callback_url=event.callback_url, batch_id=event.batch_id,
+            )
+            log_outcome(event.id, "dead_lettered", reason="callback_failed", error=delivery.error,
+                        attempts=delivery.attempts)
+            return "callback_failed"
+        metrics.callback_deliveries.inc()
+        if summary.end_reason in FAILED_END_REASONS:
+            metrics.conversations_failed.labels(summary.end_reason).inc()
+        else:
+            metrics.conversations_completed.labels(summary.end_reason).inc()
+        log_outcome(
+            event.id, "delivered", end_reason=summary.end_reason,
+            iterations=summary.total_iterations, duration_ms=summary.duration_ms,
+            llm_calls=summary.usage.llm_calls, attempts=delivery.attempts, error=summary.error,
+        )
+        return summary.end_reason
+
+    async def dead_letter(
+        self,
+        reason: str,
+        detail: str,
+        source: dict,
+        simulation_id: str | None,
+        *,
+        original: bytes | None = None,
+        summary: dict | None = None,
+        callback_url: str | None = None,
+        batch_id: str | None = None,
+    ) -> None:
+        record: dict[str, Any] = {
+            "reason": reason,
+            "detail": detail,
+            "simulation_id": simulation_id,
+            "batch_id": batch_id,
+            "source": source,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "failed_at": time.time(),
+        }
+        if summary is not None:
+            record["summary"] = summary
+            record["callback_url"] = callback_url
+        else:
+            record["original"] = encode_original(original)
+        metrics.dead_letters.labels(reason).inc()
+        key = (simulation_id or f"{source['topic']}-{source['partition']}-{source['offset']}")
+        await self.topics.dlq.send(key=key.encode(), value=record)

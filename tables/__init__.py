@@ -1,0 +1,1 @@
+"""Faust tables of simapp; importing this package registers them on the app."""
