@@ -96,6 +96,14 @@ def create_app(settings: Settings) -> tuple[SimApp, Topics]:
 settings = get_settings()
 app, topics = create_app(settings)
 
+
+@app.task
+async def _configure_logging() -> None:
+    """Runs at worker start, after Faust set up its log handlers: apply LOG_FORMAT/LOG_LEVEL."""
+    from simapp import logs
+
+    logs.configure(settings.log_format, settings.log_level)
+
 # Agents, tables, views and commands register themselves on import.
 from simapp.runtime import Runtime  # noqa: E402
 

@@ -115,8 +115,10 @@ class CallbackSender:
                 status, error, retryable = None, f"{type(exc).__name__}: {exc}"[:300], True
             if not retryable or attempt > self.attempts:
                 return Delivery(False, attempt, status, error)
-            delay = retry_after if retry_after is not None else random.uniform(
-                0, min(30.0, 0.5 * 2 ** (attempt - 1))
+            delay = (
+                retry_after
+                if retry_after is not None
+                else random.uniform(0, min(30.0, 0.5 * 2 ** (attempt - 1)))
             )
             if loop.time() + delay >= give_up_at:
                 return Delivery(False, attempt, status, f"{error} (deadline reached)")

@@ -6,15 +6,30 @@ import random
 import uuid
 
 PERSONAS = [
-    ("Technical Manager", "An experienced engineering manager focused on team productivity",
-     ["analytical", "direct", "efficiency-focused"]),
-    ("First-time Founder", "Runs a two-person startup and has little time", ["impatient", "curious"]),
-    ("Retired Teacher", "Careful, polite and new to online services", ["patient", "detail-oriented"]),
+    (
+        "Technical Manager",
+        "An experienced engineering manager focused on team productivity",
+        ["analytical", "direct", "efficiency-focused"],
+    ),
+    (
+        "First-time Founder",
+        "Runs a two-person startup and has little time",
+        ["impatient", "curious"],
+    ),
+    (
+        "Retired Teacher",
+        "Careful, polite and new to online services",
+        ["patient", "detail-oriented"],
+    ),
     ("Security Engineer", "Reviews every answer for risks", ["sceptical", "precise"]),
     ("Student", "Studies computer science and wants to learn", ["eager", "informal"]),
     ("Small Business Owner", "Runs a bakery and handles its website", ["practical", "busy"]),
     ("Data Scientist", "Works with large datasets every day", ["quantitative", "thorough"]),
-    ("Customer Support Lead", "Wants clear steps to share with the team", ["empathetic", "organised"]),
+    (
+        "Customer Support Lead",
+        "Wants clear steps to share with the team",
+        ["empathetic", "organised"],
+    ),
 ]
 INTENTS = [
     "I need help optimizing our CI/CD pipeline",
@@ -67,8 +82,13 @@ def make_events(
     batch_id = batch_id or f"batch-{uuid.uuid4().hex[:8]}"
     return [
         make_event(
-            rng, callback_url=callback_url, model=model, batch_id=batch_id, batch_size=count,
-            max_iterations=max_iterations, index=i,
+            rng,
+            callback_url=callback_url,
+            model=model,
+            batch_id=batch_id,
+            batch_size=count,
+            max_iterations=max_iterations,
+            index=i,
         )
         for i in range(count)
     ]

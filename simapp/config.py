@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
-class BrokerProfile(str, Enum):
+class BrokerProfile(StrEnum):
     """Which broker the Faust settings are tuned for."""
 
     kafka = "kafka"  # real Kafka: production defaults
@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     kafka_topic: str = "simulation-events"
     kafka_consumer_group: str = "simulation-consumer-group"
     # --- Kafka (ours) ---
-    kafka_partitions: int = Field(8, ge=1, le=1024, description="partitions of every topic we create")
+    kafka_partitions: int = Field(
+        8, ge=1, le=1024, description="partitions of every topic we create"
+    )
     results_topic: str = "simulation-results"
     dlq_topic: str = "simulation-events-dlq"
     progress_topic: str = "simulation-progress"

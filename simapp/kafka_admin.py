@@ -27,7 +27,9 @@ async def ensure_topics(
         wanted = [n for n in dict.fromkeys(names) if n not in existing]
         if not wanted:
             return []
-        new = [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in wanted]
+        new = [
+            NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in wanted
+        ]
         try:
             await admin.create_topics(new)
         except TopicAlreadyExistsError:

@@ -45,7 +45,7 @@ def import_litellm(pool_size: int) -> Any:
 
 
 def retry_after_seconds(headers: Any) -> float | None:
-    """Seconds a 429 asks us to wait: retry-after-ms, Retry-After (secs or date), x-ratelimit-reset-*."""
+    """Seconds a 429 asks us to wait: retry-after-ms, Retry-After, x-ratelimit-reset-*."""
     if not headers:
         return None
     get = headers.get

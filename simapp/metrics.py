@@ -45,9 +45,7 @@ iterations_per_conversation = Histogram(
     registry=REGISTRY,
 )
 # --- LLM (seed) ---
-llm_api_calls = Counter(
-    "llm_api_calls", "Successful LLM API calls", ["model"], registry=REGISTRY
-)
+llm_api_calls = Counter("llm_api_calls", "Successful LLM API calls", ["model"], registry=REGISTRY)
 llm_api_latency_seconds = Histogram(
     "llm_api_latency_seconds",
     "Latency of successful LLM API calls",
@@ -59,9 +57,7 @@ llm_api_errors = Counter(
     "llm_api_errors", "Failed LLM API attempts by type", ["type"], registry=REGISTRY
 )
 # --- LLM (ours) ---
-llm_tokens = Counter(
-    "llm_tokens", "LLM tokens used", ["model", "kind"], registry=REGISTRY
-)
+llm_tokens = Counter("llm_tokens", "LLM tokens used", ["model", "kind"], registry=REGISTRY)
 llm_cost_usd = Counter("llm_cost_usd", "LLM cost in USD (when known)", ["model"], registry=REGISTRY)
 llm_rate_limited = Counter(
     "llm_rate_limited", "HTTP 429 answers from the LLM provider", ["model"], registry=REGISTRY
@@ -115,7 +111,10 @@ kafka_commits_failed = Counter(
 )
 # --- progress (seed) ---
 remaining_simulations = Gauge(
-    "remaining_simulations", "Simulations not finished yet, by batch", ["batch_id"], registry=REGISTRY
+    "remaining_simulations",
+    "Simulations not finished yet, by batch",
+    ["batch_id"],
+    registry=REGISTRY,
 )
 total_simulations = Gauge(
     "total_simulations", "Simulations in the batch, by batch", ["batch_id"], registry=REGISTRY

@@ -33,7 +33,9 @@ async def produce(
 ) -> int:
     """Send (key, value) records; returns how many were acknowledged by the broker."""
     await ensure_topics(
-        settings.kafka_bootstrap_servers, all_topic_names(settings), settings.kafka_partitions,
+        settings.kafka_bootstrap_servers,
+        all_topic_names(settings),
+        settings.kafka_partitions,
         settings.kafka_replication_factor,
     )
     producer = AIOKafkaProducer(

@@ -2,10 +2,11 @@
 
 Why not ``aiolimiter``: ``AsyncLimiter(R, 1.0)`` starts with a full bucket and refills while it
 drains, so a strict sliding-window meter can see up to 2R requests in one second. The smooth
-shape ``AsyncLimiter(1, 1/R)`` is burst-free, but its rate cannot be changed while tasks wait,
-it has no notion of a pause, and a woken waiter re-competes with newcomers (it re-queues at the
-back when it loses), so it is not FIFO under many waiters. We need all three (``set_share``,
-429 pauses, fairness), so each model gets a tiny exact scheduler instead:
+shape ``AsyncLimiter(1, 1/R)`` is burst-free and was FIFO with 300 waiters here, but it times
+each release from the previous actual one, so millisecond timer lateness is lost every time
+(measured: 46.6/s at R=49, 185/s at R=200, 833/s at R=1000); and its rate cannot be changed
+while tasks wait, nor can it pause. We need ``set_share``, 429 pauses and the full rate, so each
+model gets a tiny exact scheduler instead (measured: 48.9/s, 199/s, 973/s at those rates):
 
 * waiters queue FIFO in a deque, each on its own future (no polling, no busy loop);
 * one ``loop.call_at`` timer per model releases the head of the queue when it is ready --

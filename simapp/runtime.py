@@ -171,8 +171,12 @@ class Runtime:
         except Exception as exc:  # our bug: do not lose the event, dead-letter it with the reason
             log.exception("simulation %s crashed", decoded.id)
             await self.dead_letter(
-                "internal_error", f"{type(exc).__name__}: {exc}"[:500], source, decoded.id,
-                original=raw, batch_id=decoded.batch_id,
+                "internal_error",
+                f"{type(exc).__name__}: {exc}"[:500],
+                source,
+                decoded.id,
+                original=raw,
+                batch_id=decoded.batch_id,
             )
             metrics.conversations_failed.labels("internal_error").inc()
             return "internal_error"
@@ -180,11 +184,48 @@ class Runtime:
     async def reject(self, rejection: Rejection, raw: bytes | None, source: dict) -> None:
         metrics.conversations_failed.labels(rejection.reason).inc()
         log_outcome(
-            rejection.simulation_id, "rejected", reason=rejection.reason, detail=rejection.detail,
-            partition=source["partition"], offset=source["offset"],
+            rejection.simulation_id,
+            "rejected",
+            reason=rejection.reason,
+            detail=rejection.detail,
+            partition=source["partition"],
+            offset=source["offset"],
         )
         await self.dead_letter(
-            rejection.reason, rejection.detail, source, rejection.simulation_id, original=raw
+            rejection.reason,
+            rejection.detail,
+            source,
+            rejection.simulation_id,
+            original=raw,
+            batch_id=rejection.batch_id,
+        )
+        if rejection.batch_id and rejection.simulation_id:
+            await self.progress(
+                rejection.batch_id, "failed", rejection.simulation_id, reason=rejection.reason
+            )
+
+    async def progress(
+        self,
+        batch_id: str,
+        kind: str,
+        simulation_id: str,
+        *,
+        reason: str | None = None,
+        batch_size: int | None = None,
+        duration_ms: int | None = None,
+    ) -> None:
+        """Tell the progress agent (owner of the batch's row) what happened; keyed by batch."""
+        await self.topics.progress.send(
+            key=batch_id.encode(),
+            value={
+                "batch_id": batch_id,
+                "kind": kind,
+                "simulation_id": simulation_id,
+                "reason": reason,
+                "batch_size": batch_size,
+                "duration_ms": duration_ms,
+                "at": time.time(),
+            },
         )
 
     async def simulate(self, event: SimulationEvent, source: dict) -> str:
@@ -198,6 +239,7 @@ class Runtime:
         done: asyncio.Future = asyncio.get_running_loop().create_future()
         self.running[event.id] = done
         metrics.conversations_active.inc()
+        await self.progress(event.batch_id, "consumed", event.id, batch_size=event.batch_size)
         try:
             assert self.engine is not None
             summary = await self.engine.run(event)
@@ -222,21 +264,53 @@ class Runtime:
             metrics.callback_failures.inc()
             metrics.conversations_failed.labels("callback_failed").inc()
             await self.dead_letter(
-                "callback_failed", delivery.error or "undeliverable", source, event.id,
-                summary=payload, callback_url=event.callback_url, batch_id=event.batch_id,
+                "callback_failed",
+                delivery.error or "undeliverable",
+                source,
+                event.id,
+                summary=payload,
+                callback_url=event.callback_url,
+                batch_id=event.batch_id,
             )
-            log_outcome(event.id, "dead_lettered", reason="callback_failed", error=delivery.error,
-                        attempts=delivery.attempts)
+            log_outcome(
+                event.id,
+                "dead_lettered",
+                reason="callback_failed",
+                error=delivery.error,
+                attempts=delivery.attempts,
+            )
+            await self.progress(
+                event.batch_id,
+                "failed",
+                event.id,
+                reason="callback_failed",
+                batch_size=event.batch_size,
+                duration_ms=summary.duration_ms,
+            )
             return "callback_failed"
         metrics.callback_deliveries.inc()
-        if summary.end_reason in FAILED_END_REASONS:
+        failed = summary.end_reason in FAILED_END_REASONS
+        if failed:
             metrics.conversations_failed.labels(summary.end_reason).inc()
         else:
             metrics.conversations_completed.labels(summary.end_reason).inc()
+        await self.progress(
+            event.batch_id,
+            "failed" if failed else "completed",
+            event.id,
+            reason=summary.end_reason,
+            batch_size=event.batch_size,
+            duration_ms=summary.duration_ms,
+        )
         log_outcome(
-            event.id, "delivered", end_reason=summary.end_reason,
-            iterations=summary.total_iterations, duration_ms=summary.duration_ms,
-            llm_calls=summary.usage.llm_calls, attempts=delivery.attempts, error=summary.error,
+            event.id,
+            "delivered",
+            end_reason=summary.end_reason,
+            iterations=summary.total_iterations,
+            duration_ms=summary.duration_ms,
+            llm_calls=summary.usage.llm_calls,
+            attempts=delivery.attempts,
+            error=summary.error,
         )
         return summary.end_reason
 
@@ -267,5 +341,5 @@ class Runtime:
         else:
             record["original"] = encode_original(original)
         metrics.dead_letters.labels(reason).inc()
-        key = (simulation_id or f"{source['topic']}-{source['partition']}-{source['offset']}")
+        key = simulation_id or f"{source['topic']}-{source['partition']}-{source['offset']}"
         await self.topics.dlq.send(key=key.encode(), value=record)

@@ -41,7 +41,8 @@ Description = Annotated[Text, StringConstraints(max_length=4_000)]
 Trait = Annotated[Text, StringConstraints(min_length=1, max_length=100)]
 Intent = Annotated[Text, StringConstraints(min_length=1, max_length=8_000)]
 ModelName = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@\-]*$")
+    str,
+    StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@\-]*$"),
 ]
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2_048)]
 
@@ -108,6 +109,7 @@ class Rejection:
     reason: str
     detail: str
     simulation_id: str | None = None
+    batch_id: str | None = None
 
 
 def _field_errors(exc: ValidationError) -> str:
@@ -118,9 +120,10 @@ def _field_errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _peek_id(data: Any) -> str | None:
-    if isinstance(data, dict) and isinstance(data.get("id"), str):
-        return data["id"][:128]
+def _peek(data: Any, field: str) -> str | None:
+    """A string field of an event that failed validation, for the DLQ record and progress."""
+    if isinstance(data, dict) and isinstance(data.get(field), str):
+        return data[field][:128]
     return None
 
 
@@ -152,22 +155,27 @@ class EventDecoder:
         except (UnicodeDecodeError, ValueError) as exc:
             return Rejection("not_json", f"not valid UTF-8 JSON: {exc}"[:300])
         if not isinstance(data, dict):
-            return Rejection("not_object", f"event must be a JSON object, got {type(data).__name__}")
-        sim_id = _peek_id(data)
+            return Rejection(
+                "not_object", f"event must be a JSON object, got {type(data).__name__}"
+            )
+        sim_id, batch = _peek(data, "id"), _peek(data, "batch_id")
         try:
             event = SimulationEvent.model_validate(data)
         except ValidationError as exc:
-            return Rejection("invalid_field", _field_errors(exc)[:2_000], sim_id)
+            return Rejection("invalid_field", _field_errors(exc)[:2_000], sim_id, batch)
         if event.max_iterations > self.max_iterations:
             return Rejection(
                 "invalid_field",
                 f"max_iterations: must be between 1 and MAX_ITERATIONS={self.max_iterations}, "
                 f"got {event.max_iterations}",
                 sim_id,
+                batch,
             )
         if self.allowed_models and event.model not in self.allowed_models:
-            return Rejection("unknown_model", f"model {event.model!r} is not in ALLOWED_MODELS", sim_id)
+            return Rejection(
+                "unknown_model", f"model {event.model!r} is not in ALLOWED_MODELS", sim_id, batch
+            )
         problem = self.callback_policy.check(event.callback_url)
         if problem is not None:
-            return Rejection("forbidden_callback", f"callback_url: {problem}", sim_id)
+            return Rejection("forbidden_callback", f"callback_url: {problem}", sim_id, batch)
         return event

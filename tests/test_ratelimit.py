@@ -145,9 +145,11 @@ async def test_set_share_halves_rate_for_waiters_already_queued(
     await asyncio.gather(*tasks)
 
     after = [t for t in grants["m"] if t >= switched]
-    print("DBG", switched - grants["m"][0], [round(t - grants["m"][0], 4) for t in grants["m"]])
-    assert len(after) >= 30
-    achieved = (len(after) - 1) / (after[-1] - after[0])
+    assert len(after) >= 35
+    # Steady state after the switch (the first post-switch grants may wait for the window of
+    # grants made at the old rate to slide past, which is the point).
+    tail = after[-30:]
+    achieved = (len(tail) - 1) / (tail[-1] - tail[0])
     assert 0.9 * half <= achieved <= half * 1.001
     # No burst at the switch: windows reaching back before it already obey the new bound.
     assert max_in_window_ending_after(grants["m"], switched) <= window_bound(half)

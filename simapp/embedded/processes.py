@@ -23,7 +23,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None
+) -> None:
     """Block until a TCP connect succeeds (used before any event loop runs)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -44,7 +44,9 @@ def worker_metrics(stack: EmbeddedStack) -> dict[str, float]:
     total: dict[str, float] = {}
     for worker in stack.workers:
         try:
-            for key, value in parse_prometheus(http_text(f"http://127.0.0.1:{worker.port}/metrics")).items():
+            for key, value in parse_prometheus(
+                http_text(f"http://127.0.0.1:{worker.port}/metrics")
+            ).items():
                 total[key] = total.get(key, 0.0) + value
         except OSError:
             continue
@@ -90,14 +92,20 @@ def run(args: argparse.Namespace) -> int:
         for i in range(args.workers):
             stack.start_worker(i, wait=False, **worker_settings)
         stack.wait_workers_ready()
-        print(f"  {args.workers} worker(s) up: " + ", ".join(
-            f"http://127.0.0.1:{w.port}/" for w in stack.workers))
+        print(
+            f"  {args.workers} worker(s) up: "
+            + ", ".join(f"http://127.0.0.1:{w.port}/" for w in stack.workers)
+        )
         settings = load_settings(
             kafka_bootstrap_servers=stack.bootstrap, kafka_partitions=args.partitions
         )
         events = make_events(
-            args.count, callback_url=f"{stack.sink_url}/callback", model=args.model,
-            batch_id=args.batch_id, max_iterations=settings.max_iterations, seed=args.seed,
+            args.count,
+            callback_url=f"{stack.sink_url}/callback",
+            model=args.model,
+            batch_id=args.batch_id,
+            max_iterations=settings.max_iterations,
+            seed=args.seed,
         )
         started = time.monotonic()
         sent = asyncio.run(produce(settings, (encode_event(e) for e in events)))
@@ -114,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"\r{bar(done, sent)} {done}/{sent} delivered={delivered} dead={dead} "
                 f"{rate:5.1f}/s eta {eta:6.0f}s ",
-                end="", flush=True,
+                end="",
+                flush=True,
             )
             if done >= sent:
                 break
@@ -167,7 +176,8 @@ def build_report(stack: EmbeddedStack, sent: int, wall: float) -> dict[str, Any]
         "tokens": tokens,
         "p50_duration_s": round(statistics.median(durations) / 1000, 2) if durations else None,
         "p95_duration_s": round(durations[int(0.95 * (len(durations) - 1))] / 1000, 2)
-        if durations else None,
+        if durations
+        else None,
     }
 
 

@@ -76,7 +76,9 @@ class EmbeddedStack:
             "mock_llm", "simapp.embedded.mock_llm", ["--api-key", self.api_key, *self.mock_args]
         )
         self.sink = self._start_py(
-            "sink", "simapp.embedded.sink", ["--record", str(self.workdir / "sink.jsonl"), *self.sink_args]
+            "sink",
+            "simapp.embedded.sink",
+            ["--record", str(self.workdir / "sink.jsonl"), *self.sink_args],
         )
         return self
 
@@ -108,7 +110,9 @@ class EmbeddedStack:
         env.update({k.upper(): str(v) for k, v in overrides.items()})
         return env
 
-    def start_worker(self, index: int | None = None, wait: bool = True, **overrides: Any) -> ManagedProcess:
+    def start_worker(
+        self, index: int | None = None, wait: bool = True, **overrides: Any
+    ) -> ManagedProcess:
         """Start `faust -A simapp worker` with the stack's settings (+ overrides)."""
         index = len(self.workers) if index is None else index
         port = int(overrides.pop("metrics_port", 0)) or free_port(HOST)
