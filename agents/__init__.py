@@ -1,3 +1,3 @@
 """Faust agents of simapp; importing this package registers them on the app."""
 
-from agents import simulate  # noqa: F401
+from agents import checkpoints, progress, simulate  # noqa: F401

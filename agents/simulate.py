@@ -16,7 +16,9 @@ from simapp.application import app, runtime, settings, topics
 async def simulate(stream: Any) -> None:
     async for event in stream.events():
         message = event.message
-        await runtime.handle(event.value, message.topic, message.partition, message.offset)
+        await runtime.handle(
+            event.value, message.topic, message.partition, message.offset, event.key
+        )
 
 
 @app.on_partitions_revoked.connect

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     conversation_timeout: float = Field(300, gt=0)
     # --- Consumer (ours) ---
     shutdown_grace_seconds: float = Field(30, ge=0, le=3600)
+    checkpoint_turns: bool = Field(True, description="checkpoint every turn (resume after crash)")
+    safe_commit: bool = Field(
+        True, description="never commit past an in-flight event; False = stock Faust (tests only)"
+    )
 
     # --- LLM client (seed) ---
     llm_backend_url: str | None = None

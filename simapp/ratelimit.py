@@ -309,6 +309,9 @@ class ModelBudget:
 class RateBudgets:
     """All models' budgets for this worker: each model is paced on its own (providers limit
     per model); ``share`` scales every budget to the part of the global limit this worker owns.
+
+    Guarantee per model: no 1 s window of loop.time() holds more than ``ceil(rate(model))``
+    grants. Use from the event loop's thread only (no locks: every step is synchronous).
     """
 
     def __init__(

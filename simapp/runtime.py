@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import importlib
 import logging
 import time
@@ -19,7 +20,12 @@ from typing import Any
 from simapp import metrics
 from simapp.callbacks import CallbackSender
 from simapp.config import Settings
-from simapp.conversation import END_LLM_ERROR, END_LLM_UNAVAILABLE, ConversationEngine
+from simapp.conversation import (
+    END_LLM_ERROR,
+    END_LLM_UNAVAILABLE,
+    ConversationEngine,
+    ConversationState,
+)
 from simapp.logs import log_outcome
 from simapp.schemas import Rejection, SimulationEvent, Summary
 from simapp.urlpolicy import CallbackPolicy
@@ -64,12 +70,14 @@ class Runtime:
         self.policy = CallbackPolicy(settings.callback_allowed_hosts)
         self._started = False
         self._start_lock = asyncio.Lock()
-        self.running: dict[str, asyncio.Future] = {}
+        # simulation id -> ({partition, offset}, future done when that run ends)
+        self.running: dict[str, tuple[dict, asyncio.Future]] = {}
         self.budgets: Any = None
         self.breaker: Any = None
         self.llm: Any = None
         self.engine: ConversationEngine | None = None
         self.sender: CallbackSender | None = None
+        self.simulations: Any = None  # the simulations table (set by tables/simulations.py)
 
     # ----- start-up ---------------------------------------------------------------------
     async def ensure_started(self) -> None:
@@ -155,7 +163,9 @@ class Runtime:
             self.budgets.set_share(0.0)
 
     # ----- the path of one event --------------------------------------------------------
-    async def handle(self, raw: bytes | None, topic: str, partition: int, offset: int) -> str:
+    async def handle(
+        self, raw: bytes | None, topic: str, partition: int, offset: int, key: bytes | None = None
+    ) -> str:
         """Process one event to its end; returns the outcome. Never raises (except cancel)."""
         metrics.kafka_messages_consumed.inc()
         source = {"topic": topic, "partition": partition, "offset": offset}
@@ -163,6 +173,12 @@ class Runtime:
         if isinstance(decoded, Rejection):
             await self.reject(decoded, raw, source)
             return "rejected"
+        if key != decoded.id.encode():
+            # Repartition: the simulations table is keyed by simulation id, so the event must
+            # live on the partition of its id. Re-send it keyed by id; this copy is done.
+            await self.topics.events.send(key=decoded.id.encode(), value=raw)
+            log_outcome(decoded.id, "rekeyed", partition=partition, offset=offset)
+            return "rekeyed"
         try:
             await self.ensure_started()
             return await self.simulate(decoded, source)
@@ -215,39 +231,117 @@ class Runtime:
         duration_ms: int | None = None,
     ) -> None:
         """Tell the progress agent (owner of the batch's row) what happened; keyed by batch."""
-        await self.topics.progress.send(
-            key=batch_id.encode(),
-            value={
-                "batch_id": batch_id,
-                "kind": kind,
-                "simulation_id": simulation_id,
-                "reason": reason,
-                "batch_size": batch_size,
-                "duration_ms": duration_ms,
-                "at": time.time(),
-            },
+        value = {
+            "batch_id": batch_id,
+            "kind": kind,
+            "simulation_id": simulation_id,
+            "reason": reason,
+            "batch_size": batch_size,
+            "duration_ms": duration_ms,
+            "at": time.time(),
+        }
+        await self.topics.progress.send(key=batch_id.encode(), value=json.dumps(value).encode())
+
+    async def duplicate(self, event: SimulationEvent, source: dict, first: dict) -> str:
+        """The same simulation id arrived again at another offset: report, do not simulate."""
+        where = f"first seen at partition {first.get('partition')} offset {first.get('offset')}"
+        metrics.conversations_failed.labels("duplicate_id").inc()
+        log_outcome(
+            event.id,
+            "rejected",
+            reason="duplicate_id",
+            detail=where,
+            partition=source["partition"],
+            offset=source["offset"],
         )
+        await self.dead_letter(
+            "duplicate_id",
+            f"simulation id already used ({where})",
+            source,
+            event.id,
+            original=event.model_dump_json().encode(),
+            batch_id=event.batch_id,
+        )
+        return "duplicate_id"
 
     async def simulate(self, event: SimulationEvent, source: dict) -> str:
+        same_offset = {"partition": source["partition"], "offset": source["offset"]}
         running = self.running.get(event.id)
         if running is not None:
-            # The same id is already running here (duplicate input or a redelivery after a
-            # rebalance): wait for that run instead of simulating twice.
-            await asyncio.shield(running)
-            log_outcome(event.id, "skipped_duplicate", reason="already running in this worker")
-            return "skipped_duplicate"
+            origin, future = running
+            if origin != same_offset:
+                return await self.duplicate(event, source, origin)
+            # A redelivery (rebalance) of an event still running here: wait, do not re-run.
+            await asyncio.shield(future)
+            log_outcome(event.id, "skipped_running", reason="redelivered while running here")
+            return "skipped_running"
+        row = self.simulations.get(event.id) if self.simulations is not None else None
+        state: ConversationState | None = None
+        if row is not None:
+            if row.get("partition") != source["partition"] or row.get("offset") != source["offset"]:
+                return await self.duplicate(event, source, row)
+            if row.get("status") == "done":
+                log_outcome(event.id, "skipped_done", outcome=row.get("outcome"))
+                return "skipped_done"
+            if row.get("state"):
+                state = ConversationState.from_dict(row["state"])
+                log_outcome(
+                    event.id,
+                    "resumed",
+                    iterations=state.iterations,
+                    llm_calls=state.usage.llm_calls,
+                )
         done: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.running[event.id] = done
+        self.running[event.id] = (same_offset, done)
         metrics.conversations_active.inc()
         await self.progress(event.batch_id, "consumed", event.id, batch_size=event.batch_size)
         try:
             assert self.engine is not None
-            summary = await self.engine.run(event)
-            return await self.finish(event, summary, source)
+            summary = await self.engine.run(event, state, self.checkpointer(event, source, state))
+            outcome = await self.finish(event, summary, source)
+            await self.checkpoint(event.id, source, "done", outcome=outcome)
+            return outcome
         finally:
             metrics.conversations_active.dec()
             self.running.pop(event.id, None)
             done.set_result(None)
+
+    def checkpointer(
+        self, event: SimulationEvent, source: dict, resumed: ConversationState | None
+    ) -> Any:
+        """A per-conversation callback that checkpoints after every turn (CHECKPOINT_TURNS)."""
+        if not self.settings.checkpoint_turns:
+            return None
+        base_ms = resumed.elapsed_ms if resumed is not None else 0
+        started = time.monotonic()
+
+        async def checkpoint(state: ConversationState) -> None:
+            data = state.to_dict()
+            data["elapsed_ms"] = base_ms + int((time.monotonic() - started) * 1000)
+            await self.checkpoint(event.id, source, "running", state=data)
+
+        return checkpoint
+
+    async def checkpoint(
+        self,
+        simulation_id: str,
+        source: dict,
+        status: str,
+        *,
+        state: dict | None = None,
+        outcome: str | None = None,
+    ) -> None:
+        await self.topics.checkpoints.send(
+            key=simulation_id.encode(),
+            value={
+                "id": simulation_id,
+                "status": status,
+                "partition": source["partition"],
+                "offset": source["offset"],
+                "state": state,
+                "outcome": outcome,
+            },
+        )
 
     async def finish(self, event: SimulationEvent, summary: Summary, source: dict) -> str:
         payload = summary.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,713 @@
+"""`make bench`: throughput, rate-budget fidelity and CPU cost of simapp on the embedded stack.
+
+Starts the embedded stack (Tansu, mock LLM enforcing the budget, sink) with WORKERS workers
+sharing a global LLM budget of RPS, sends a burst of COUNT events from the load-test catalogue,
+waits until every event is delivered or dead-lettered, then measures:
+
+* wall time (first produce -> last delivery) against the floor `LLM calls / RPS`;
+* achieved LLM rate, the mock's busiest 1 s window and its 429 count;
+* CPU seconds and peak RSS of each worker process (psutil), CPU per 1000 LLM calls;
+* p50/p95 simulation duration (the summaries' `duration_ms`);
+* the CPU cost of a bare `litellm.acompletion` loop against the same mock (a subprocess with
+  the same route, pool and concurrency), and simapp's CPU per call relative to it.
+
+Writes a JSON result (bench-results/<timestamp>.json) and appends a row to
+docs/benchmarks.md, whose header explains every column and the goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from simapp.catalogue import make_events
+from simapp.config import load_settings
+from simapp.embedded.run import bar, build_report, dead_letters_by_reason, worker_metrics
+from simapp.embedded.stack import EmbeddedStack, http_json
+from simapp.producer import encode_event, produce
+
+ROOT = Path(__file__).resolve().parents[1]
+if not (ROOT / "pyproject.toml").exists():  # installed, not a checkout: use the cwd
+    ROOT = Path.cwd()
+DOC_PATH = ROOT / "docs" / "benchmarks.md"
+RESULTS_DIR = ROOT / "bench-results"
+RESULTS_HEADING = "## Results"
+OVERHEAD_MARGIN_S = 0.05  # per-turn time on top of the mock latency (rate wait, checkpoint, ...)
+
+GOALS = {
+    "wall_le_1.05x_floor": "wall <= 1.05 x floor",
+    "achieved_ge_0.95x_budget": "achieved RPS >= 0.95 x budget",
+    "max_window_le_budget": "mock max 1 s window <= budget",
+    "zero_429": "no 429 from the mock",
+    "missing_zero": "every event delivered or dead-lettered",
+    "cpu_le_1.15x_bare": "worker CPU per LLM call <= 1.15 x bare LiteLLM",
+}
+
+
+# --------------------------------------------------------------------------- sizing
+
+
+def default_concurrency(rps: float, workers: int, latency_ms: float, jitter_ms: float) -> int:
+    """Little's law per worker, with 50 % headroom: ceil(rps/W * (latency + margin) * 1.5)."""
+    cycle_s = latency_ms / 1000 + jitter_ms / 1000 + OVERHEAD_MARGIN_S
+    return max(50, math.ceil(rps / workers * cycle_s * 1.5))
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    try:
+        litellm_version = version("litellm")  # not imported here: 2.5 s and ~200 MB
+    except PackageNotFoundError:
+        litellm_version = None
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "loadavg_at_start": load,
+        "python": platform.python_version(),
+        "litellm": litellm_version,
+    }
+
+
+def system_busy_seconds() -> dict[str, float]:
+    """Machine-wide CPU seconds so far: busy (not idle/iowait) and steal."""
+    t = psutil.cpu_times()
+    busy = sum(
+        getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal")
+    )
+    return {"busy": busy, "steal": getattr(t, "steal", 0.0)}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS of some processes every `interval` s and keeps each one's maximum."""
+
+    def __init__(self, pids: list[int], interval: float = 1.0) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.procs = {pid: psutil.Process(pid) for pid in pids}
+        self.peak = dict.fromkeys(pids, 0)
+        self.interval = interval
+        self.done = threading.Event()
+
+    def sample(self) -> None:
+        for pid, proc in self.procs.items():
+            try:
+                self.peak[pid] = max(self.peak[pid], proc.memory_info().rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.sample()
+            self.done.wait(self.interval)
+
+    def stop(self) -> dict[int, int]:
+        self.done.set()
+        self.join(timeout=5)
+        self.sample()
+        return dict(self.peak)
+
+
+# --------------------------------------------------------------------------- bare LiteLLM loop
+
+
+def bare_messages() -> list[list[dict[str, str]]]:
+    """Request shapes like simapp's: assistant turns and simulated-user turns, a few long."""
+    from simapp.conversation import ConversationEngine, assistant_system_prompt
+    from simapp.schemas import SimulationEvent
+
+    engine = ConversationEngine(llm=None, max_iterations_cap=10, timeout=300)  # type: ignore[arg-type]
+    shapes = []
+    for event in make_events(8, callback_url="http://127.0.0.1/cb", seed=1):
+        ev = SimulationEvent.model_validate(event)
+        history = [
+            {"role": "system", "content": assistant_system_prompt(ev)},
+            {"role": "user", "content": ev.intent},
+        ]
+        shapes.append(list(history))
+        history.append({"role": "assistant", "content": "Here is a short, helpful answer."})
+        shapes.append(engine.user_view(ev, history))
+    return shapes
+
+
+async def bare_loop(args: argparse.Namespace) -> dict[str, Any]:
+    from simapp.llm_client import import_litellm
+
+    t_import = time.perf_counter()
+    litellm = import_litellm(args.pool_size)
+    import_s = time.perf_counter() - t_import
+    shapes = bare_messages()
+    model = f"{args.route}/{args.model}"
+    errors: dict[str, int] = {}
+
+    async def run(n: int) -> int:
+        next_i = 0
+        ok = 0
+
+        async def lane() -> None:
+            nonlocal next_i, ok
+            while next_i < n:
+                i = next_i
+                next_i += 1
+                try:
+                    resp = await litellm.acompletion(
+                        model=model,
+                        messages=shapes[i % len(shapes)],
+                        api_base=args.api_base,
+                        api_key=args.api_key,
+                        timeout=args.timeout,
+                        max_retries=0,
+                    )
+                    _ = resp.choices[0].message.content, resp.usage
+                    ok += 1
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    name = type(exc).__name__
+                    errors[name] = errors.get(name, 0) + 1
+
+        await asyncio.gather(*(lane() for _ in range(min(args.concurrency, n))))
+        return ok
+
+    warmup = min(50, max(5, args.calls // 20))
+    await run(warmup)  # first client creation, connection pool fill
+    errors.clear()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    ok = await run(args.calls)
+    cpu = time.process_time() - cpu0
+    wall = time.perf_counter() - wall0
+    return {
+        "route": args.route,
+        "model": model,
+        "calls": args.calls,
+        "ok": ok,
+        "errors": errors,
+        "warmup_calls": warmup,
+        "concurrency": args.concurrency,
+        "pool_size": args.pool_size,
+        "import_seconds": round(import_s, 2),
+        "cpu_seconds": round(cpu, 3),
+        "wall_seconds": round(wall, 3),
+        "achieved_rps": round(ok / wall, 1) if wall > 0 else None,
+        "cpu_ms_per_call": round(1000 * cpu / ok, 3) if ok else None,
+    }
+
+
+def bare_child_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m simapp.bench --bare-child")
+    p.add_argument("--api-base", required=True)
+    p.add_argument("--api-key", required=True)
+    p.add_argument("--route", default="openai")
+    p.add_argument("--model", default="gpt-4")
+    p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--pool-size", type=int, default=50)
+    p.add_argument("--timeout", type=float, default=30.0)
+    args = p.parse_args(argv)
+    result = asyncio.run(bare_loop(args))
+    print(json.dumps(result), flush=True)
+    return 0 if result["ok"] == args.calls else 1
+
+
+def run_bare(stack: EmbeddedStack, args: argparse.Namespace, pool_size: int) -> dict[str, Any]:
+    """Reconfigure the mock (same latency, no RPS limit, counters reset) and run the bare loop."""
+    http_json(f"{stack.mock_url}/admin/config", {"rps_limit": 0})
+    http_json(f"{stack.mock_url}/admin/reset", {})
+    settings = load_settings()
+    argv = [
+        sys.executable, "-m", "simapp.bench", "--bare-child",
+        "--api-base", f"{stack.mock_url}/v1",
+        "--api-key", stack.api_key,
+        "--route", args.route,
+        "--model", args.model,
+        "--calls", str(args.bare_calls),
+        "--concurrency", str(args.concurrency),
+        "--pool-size", str(pool_size),
+        "--timeout", str(settings.llm_timeout),
+    ]  # fmt: skip
+    timeout = 120 + args.bare_calls / 20
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    (stack.log_dir / "bare.log").write_text(proc.stdout + proc.stderr)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(
+            f"bare LiteLLM loop failed (exit {proc.returncode}): {proc.stderr[-2000:]}"
+        )
+    result = json.loads(lines[-1])
+    mock = stack.mock_stats()
+    result["mock_200"] = mock.get("responses_by_status", {}).get("200", 0)
+    result["mock_max_in_flight"] = mock.get("max_in_flight")
+    return result
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def wait_group_stable(stack: EmbeddedStack, partitions: int, timeout: float = 90.0) -> bool:
+    """Every worker answers /progress/_local/ and their partitions cover all, without overlap,
+    twice in a row: produce only then, so the burst does not meet a start-up rebalance."""
+    deadline = time.monotonic() + timeout
+    last: list | None = None
+    while time.monotonic() < deadline:
+        try:
+            owned = [
+                sorted(
+                    http_json(f"http://127.0.0.1:{w.port}/progress/_local/", timeout=3)[
+                        "partitions"
+                    ]
+                )
+                for w in stack.workers
+            ]
+        except (OSError, KeyError, ValueError):
+            owned = None
+        if owned is not None and all(owned):
+            flat = [p for ps in owned for p in ps]
+            if sorted(flat) == list(range(partitions)):
+                if owned == last:
+                    return True
+                last = owned
+            else:
+                last = None
+        time.sleep(1.0)
+    return False
+
+
+def last_delivery_at(stack: EmbeddedStack) -> float | None:
+    """Wall-clock time of the last accepted delivery, from the sink's record file."""
+    http_json(f"{stack.sink_url}/admin/flush", {})
+    path = stack.workdir / "sink.jsonl"
+    latest = None
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                at = json.loads(line).get("received_at")
+                if at is not None and (latest is None or at > latest):
+                    latest = at
+    except OSError:
+        return None
+    return latest
+
+
+def wait_done(stack: EmbeddedStack, sent: int, started: float, args: argparse.Namespace) -> int:
+    """Poll sink (every 1 s) and dead letters (every 5 s) until all are accounted for."""
+    deadline = started + args.timeout
+    dead = 0
+    next_print = next_dlq = 0.0
+    done = 0
+    while True:
+        now = time.monotonic()
+        delivered = stack.sink_received()["unique_ids"]
+        if now >= next_dlq or delivered + dead >= sent:
+            dead = sum(dead_letters_by_reason(worker_metrics(stack)).values())
+            next_dlq = now + 5.0
+        done = delivered + dead
+        finished = done >= sent
+        died = not all(w.alive() for w in stack.workers)
+        if now >= next_print or finished or died or now >= deadline:
+            elapsed = now - started
+            rate = delivered / elapsed if elapsed > 0 else 0.0
+            eta = (sent - done) / rate if rate > 0 else float("inf")
+            calls = stack.mock_stats().get("responses_by_status", {}).get("200", 0)
+            print(
+                f"{bar(done, sent)} {done}/{sent} delivered={delivered} dead={dead} "
+                f"llm_calls={calls} ({calls / elapsed if elapsed > 0 else 0:.1f}/s) "
+                f"t={elapsed:.0f}s eta={eta:.0f}s",
+                flush=True,
+            )
+            next_print = now + args.progress_every
+        if finished:
+            return done
+        if died:
+            print(f"a worker died; see logs in {stack.log_dir}", flush=True)
+            return done
+        if now >= deadline:
+            print(f"timeout after {args.timeout:.0f}s", flush=True)
+            return done
+        time.sleep(1.0)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="simapp-bench-"))
+    mock_limit = args.rps if args.mock_rps_limit is None else args.mock_rps_limit
+    mock_args = ["--latency-ms", str(args.latency_ms), "--latency-jitter-ms", str(args.jitter_ms)]
+    if mock_limit:
+        mock_args += ["--rps-limit", str(mock_limit)]
+    pool_size = args.pool_size or max(50, args.concurrency)
+    machine = machine_info()
+    stack = EmbeddedStack(workdir=workdir, mock_args=mock_args, partitions=args.partitions)
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python -m simapp.bench " + shlex.join(args.argv),
+        "machine": machine,
+        "note": args.note,
+        "config": {
+            "count": args.count,
+            "workers": args.workers,
+            "rps": args.rps,
+            "concurrency": args.concurrency,
+            "pool_size": pool_size,
+            "route": args.route,
+            "model": args.model,
+            "latency_ms": args.latency_ms,
+            "jitter_ms": args.jitter_ms,
+            "mock_rps_limit": mock_limit,
+            "partitions": args.partitions,
+            "bare_calls": args.bare_calls,
+            "seed": args.seed,
+        },
+        "workdir": str(workdir),
+    }
+    try:
+        print(f"starting embedded stack in {workdir} ...", flush=True)
+        stack.start()
+        overrides = {
+            "llm_global_rate_limit_rps": args.rps,
+            "llm_rate_limit_rps": args.rps,
+            "concurrent_conversations": args.concurrency,
+            "llm_connection_pool_size": pool_size,
+            "llm_route": args.route,
+            "log_level": "WARNING",
+        }
+        for i in range(args.workers):
+            stack.start_worker(i, wait=False, **overrides)
+        stack.wait_workers_ready(timeout=120)
+        if not wait_group_stable(stack, args.partitions):
+            print("WARNING: consumer group not stable after 90 s; measuring anyway", flush=True)
+        print(
+            f"  {args.workers} worker(s) up (concurrency {args.concurrency}, pool {pool_size}, "
+            f"route {args.route}); mock latency {args.latency_ms}±{args.jitter_ms} ms, "
+            f"limit {mock_limit or 'none'} rps",
+            flush=True,
+        )
+        settings = load_settings(
+            kafka_bootstrap_servers=stack.bootstrap, kafka_partitions=args.partitions
+        )
+        events = make_events(
+            args.count,
+            callback_url=f"{stack.sink_url}/callback",
+            model=args.model,
+            max_iterations=settings.max_iterations,
+            seed=args.seed,
+        )
+        records = [encode_event(e) for e in events]
+        pids = [w.pid for w in stack.workers]
+        others = {"broker": stack.broker, "mock_llm": stack.mock, "sink": stack.sink}
+        rss = RssSampler(pids)
+        rss.start()
+
+        cpu0 = [cpu_seconds(pid) for pid in pids]
+        others0 = {k: cpu_seconds(p.pid) for k, p in others.items() if p is not None}
+        me = psutil.Process()
+        me0 = sum(me.cpu_times()[:2])
+        sys0 = system_busy_seconds()
+        t0_wall, t0 = time.time(), time.monotonic()
+        sent = asyncio.run(produce(settings, records))
+        produced_s = time.monotonic() - t0
+        print(
+            f"sent {sent} events in {produced_s:.1f}s (batch {events[0]['batch_id']})", flush=True
+        )
+        wait_done(stack, sent, t0, args)
+        detected = time.monotonic() - t0
+        cpu1 = [cpu_seconds(pid) for pid in pids]
+        others1 = {k: cpu_seconds(p.pid) for k, p in others.items() if p is not None}
+        me1 = sum(me.cpu_times()[:2])
+        sys1 = system_busy_seconds()
+        peaks = rss.stop()
+
+        last = last_delivery_at(stack)
+        wall = (last - t0_wall) if last is not None else detected
+        report = build_report(stack, sent, wall)
+        result.update(report)
+        result["wall_seconds"] = round(wall, 2)
+        result["produce_seconds"] = round(produced_s, 2)
+
+        calls = report["llm_calls"]
+        worker_cpu = [
+            round(b - a, 2) if a is not None and b is not None else None
+            for a, b in zip(cpu0, cpu1, strict=True)
+        ]
+        total_cpu = sum(c for c in worker_cpu if c is not None)
+        floor = calls / args.rps if args.rps else None
+        result.update(
+            calls_per_simulation=round(calls / sent, 3) if sent else None,
+            floor_seconds=round(floor, 2) if floor else None,
+            wall_over_floor=round(wall / floor, 3) if floor else None,
+            achieved_rps=report["achieved_llm_rps"],
+            achieved_over_budget=round(report["achieved_llm_rps"] / args.rps, 3),
+            worker_cpu_seconds=worker_cpu,
+            worker_cpu_seconds_total=round(total_cpu, 2),
+            worker_cpu_s_per_1000_calls=round(1000 * total_cpu / calls, 3) if calls else None,
+            worker_peak_rss_mb=[round(peaks[pid] / 2**20, 1) for pid in pids],
+            peak_rss_mb=round(max(peaks.values()) / 2**20, 1) if peaks else None,
+        )
+        other_cpu = {
+            k: round(others1[k] - others0[k], 2)
+            for k in others0
+            if others0[k] is not None and others1.get(k) is not None
+        }
+        other_cpu["driver"] = round(me1 - me0, 2)
+        ours = total_cpu + sum(other_cpu.values())
+        busy = sys1["busy"] - sys0["busy"]
+        result["cpu_seconds_during_run"] = {
+            "workers": round(total_cpu, 2),
+            **other_cpu,
+            "machine_busy": round(busy, 2),
+            "machine_steal": round(sys1["steal"] - sys0["steal"], 2),
+            "other_processes": round(max(0.0, busy - ours), 2),
+            "machine_capacity": round((os.cpu_count() or 1) * detected, 2),
+        }
+
+        print("stopping workers; bare LiteLLM loop against the same mock ...", flush=True)
+        stack.stop_workers(timeout=60)
+        bare = run_bare(stack, args, pool_size)
+        result["bare"] = bare
+        bare_ms = bare.get("cpu_ms_per_call")
+        result["bare_cpu_s_per_1000_calls"] = bare_ms
+        per_1000 = result["worker_cpu_s_per_1000_calls"]
+        result["cpu_ratio_vs_bare"] = round(per_1000 / bare_ms, 2) if per_1000 and bare_ms else None
+        result["goals"] = goals(result, args.rps)
+        return result
+    finally:
+        stack.stop()
+        print(f"logs: {stack.log_dir}", flush=True)
+
+
+def goals(r: dict[str, Any], rps: float) -> dict[str, bool | None]:
+    def le(a: Any, b: float) -> bool | None:
+        return None if a is None else a <= b
+
+    return {
+        "wall_le_1.05x_floor": le(r.get("wall_over_floor"), 1.05),
+        "achieved_ge_0.95x_budget": None
+        if r.get("achieved_over_budget") is None
+        else r["achieved_over_budget"] >= 0.95,
+        "max_window_le_budget": le(r.get("mock_max_1s_window"), rps),
+        "zero_429": r.get("llm_429") == 0,
+        "missing_zero": r.get("missing") == 0,
+        "cpu_le_1.15x_bare": le(r.get("cpu_ratio_vs_bare"), 1.15),
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def doc_row(r: dict[str, Any]) -> str:
+    m, c, cpu = r["machine"], r["config"], r.get("cpu_seconds_during_run", {})
+    load = m.get("loadavg_at_start") or ["?"]
+    notes = (
+        f"load1 {load[0]} at start; other processes used {cpu.get('other_processes', '?')} of "
+        f"{cpu.get('machine_capacity', '?')} CPU-s; mock {cpu.get('mock_llm', '?')} CPU-s, "
+        f"broker {cpu.get('broker', '?')} CPU-s"
+    )
+    if r.get("note"):
+        notes = f"{r['note']}; {notes}"
+    failed = [name for name, ok in (r.get("goals") or {}).items() if ok is False]
+    if failed:
+        notes += "; missed: " + ", ".join(failed)
+    cells = [
+        r["date"][:16].replace("T", " "),
+        f"`{r['command']}`",
+        f"{m['nproc']}× {m['cpu_model']}",
+        c["count"],
+        c["workers"],
+        c["rps"],
+        c["route"],
+        r["wall_seconds"],
+        r["floor_seconds"],
+        r["wall_over_floor"],
+        r["achieved_over_budget"],
+        r["mock_max_1s_window"],
+        r["llm_429"],
+        r["worker_cpu_s_per_1000_calls"],
+        r["bare_cpu_s_per_1000_calls"],
+        r["cpu_ratio_vs_bare"],
+        ", ".join(str(x) for x in r["worker_peak_rss_mb"]),
+        f"{r['p50_duration_s']} / {r['p95_duration_s']}",
+        r["missing"],
+        notes,
+    ]
+    return "| " + " | ".join(_cell(x) for x in cells) + " |"
+
+
+TABLE_HEADER = (
+    "| date (UTC) | command | machine | count | workers | rps | route | wall s | floor s "
+    "| wall/floor | achieved/budget | max 1 s window | 429s | worker CPU s/1000 calls "
+    "| bare CPU s/1000 calls | ratio | peak RSS MB | p50 / p95 s | missing | notes |\n"
+    "|---|---|---|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|---|"
+)
+
+
+def append_row(path: Path, row: str) -> None:
+    """Insert the row at the end of the table under '## Results' (created if absent)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines()
+    try:
+        start = lines.index(RESULTS_HEADING)
+    except ValueError:
+        lines += ["", RESULTS_HEADING, "", *TABLE_HEADER.splitlines(), row]
+    else:
+        i = start + 1
+        while i < len(lines) and not lines[i].startswith("|"):
+            if lines[i].startswith("## "):
+                break
+            i += 1
+        if i < len(lines) and lines[i].startswith("|"):
+            while i < len(lines) and lines[i].startswith("|"):
+                i += 1
+            lines.insert(i, row)
+        else:
+            lines[i:i] = [*TABLE_HEADER.splitlines(), row, ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def print_summary(r: dict[str, Any]) -> None:
+    rows = [
+        ("sent / delivered / missing", f"{r['sent']} / {r['delivered']} / {r['missing']}"),
+        ("dead-lettered", r["dead_lettered"] or "none"),
+        ("LLM calls (200) / per simulation", f"{r['llm_calls']} / {r['calls_per_simulation']}"),
+        ("wall / floor", f"{r['wall_seconds']} s / {r['floor_seconds']} s "
+                         f"= {r['wall_over_floor']}"),
+        ("achieved RPS / budget", f"{r['achieved_rps']} / {r['config']['rps']} "
+                                  f"= {r['achieved_over_budget']}"),
+        ("mock max 1 s window / 429s", f"{r['mock_max_1s_window']} / {r['llm_429']}"),
+        ("worker CPU s", f"{r['worker_cpu_seconds']} "
+                         f"({r['worker_cpu_s_per_1000_calls']} s per 1000 calls)"),
+        ("bare LiteLLM CPU s per 1000 calls", r["bare_cpu_s_per_1000_calls"]),
+        ("ratio simapp / bare", r["cpu_ratio_vs_bare"]),
+        ("peak RSS MB per worker", r["worker_peak_rss_mb"]),
+        ("simulation p50 / p95", f"{r['p50_duration_s']} s / {r['p95_duration_s']} s"),
+        ("CPU-s during run", r["cpu_seconds_during_run"]),
+    ]  # fmt: skip
+    print("=" * 72)
+    for name, value in rows:
+        print(f"{name:>34}: {value}")
+    for name, ok in r["goals"].items():
+        print(f"{'goal ' + GOALS[name]:>60}: {'ok' if ok else 'MISSED' if ok is False else '-'}")
+    print("=" * 72, flush=True)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m simapp.bench",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--count", type=int, default=10_000, help="events in the burst")
+    p.add_argument("--workers", type=int, default=2, help="worker processes")
+    p.add_argument("--rps", type=float, default=200.0, help="global LLM budget (requests/s)")
+    p.add_argument("--latency-ms", type=int, default=300, help="mock LLM latency")
+    p.add_argument("--jitter-ms", type=int, default=100, help="mock latency ± jitter")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="conversations per worker; default max(50, ceil(rps/workers * (latency + jitter "
+        f"+ {OVERHEAD_MARGIN_S * 1000:.0f} ms) * 1.5))",
+    )
+    p.add_argument("--pool-size", type=int, default=None, help="default max(50, concurrency)")
+    p.add_argument("--route", choices=["openai", "aiohttp_openai"], default="openai")
+    p.add_argument("--model", default="gpt-4")
+    p.add_argument(
+        "--mock-rps-limit",
+        type=float,
+        default=None,
+        help="the mock's own 1 s limit (429 above it); default = --rps, 0 = none",
+    )
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--bare-calls", type=int, default=2000, help="calls of the bare LiteLLM loop")
+    p.add_argument("--seed", type=int, default=42, help="catalogue seed (same events every run)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many s")
+    p.add_argument("--progress-every", type=float, default=10.0, help="progress line interval s")
+    p.add_argument("--out", default=None, help="JSON result path (default bench-results/<ts>.json)")
+    p.add_argument("--no-append", action="store_true", help="do not add a row to the doc")
+    p.add_argument("--doc", default=str(DOC_PATH), help="markdown file to append the row to")
+    p.add_argument("--note", default="", help="free text for the row's notes column")
+    p.add_argument("--workdir", default=None)
+    args = p.parse_args(argv)
+    if args.count < 1 or args.workers < 1 or args.rps <= 0:
+        p.error("--count and --workers must be >= 1 and --rps > 0")
+    if args.concurrency is None:
+        args.concurrency = default_concurrency(
+            args.rps, args.workers, args.latency_ms, args.jitter_ms
+        )
+    args.argv = list(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--bare-child"]:
+        return bare_child_main(argv[1:])
+    args = parse_args(argv)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        result = measure(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", flush=True)
+        return 130
+    out = (
+        Path(args.out)
+        if args.out
+        else RESULTS_DIR / (datetime.now().strftime("%Y%m%d-%H%M%S") + ".json")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print_summary(result)
+    print(f"result: {out}")
+    if not args.no_append:
+        append_row(Path(args.doc), doc_row(result))
+        print(f"row appended to {args.doc}")
+    return 0 if result.get("missing") == 0 and result.get("delivered", 0) > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Batch progress as pure functions: fold progress messages into a row, and view a row.
+
+No Faust here, so the arithmetic is unit-tested without a broker. The progress agent
+(agents/progress.py) owns the tables and calls these functions; the web views call `view`.
+
+A *row* is a JSON-able dict, one per batch. Progress messages can repeat (a crash or a
+rebalance redelivers events), so the agent keeps a *seen* state per (batch, simulation) and
+folds through `apply_once`, which counts every simulation at most once as consumed and at most
+once as finished. `apply` is the raw fold for one already-deduplicated message.
+
+Rate: finishes (completed + failed) per second, an exponentially weighted moving average with
+time constant `RATE_TAU` seconds, kept as a decayed count S: on each finish at time t,
+S = S * exp(-(t - t_last) / tau) + 1. A Poisson stream of rate r has E[S] = r * tau * (1 -
+exp(-elapsed / tau)), so the rate is S divided by that window. Dividing by the elapsed part of
+the window removes the start-up bias of a plain EWMA (early on it is simply finishes /
+elapsed time) and makes bursts harmless: N finishes at the same instant add N to S, never
+1/dt with dt = 0. The window is measured from the first event of the batch (not from the first
+finish), so the conversations' own latency counts against the rate and early ETAs err long.
+Viewing decays S to "now", so a stalled batch shows a falling rate and a growing ETA.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+KINDS = ("consumed", "completed", "failed")
+FINAL = frozenset({"completed", "failed"})
+RATE_TAU = 60.0  # seconds, time constant of the rate EWMA
+MIN_WINDOW = 1.0  # seconds, smallest window a rate is measured over (bursts at start)
+# Upper bounds (ms) of the duration histogram; one more bucket holds everything above.
+DURATION_BUCKETS_MS: tuple[int, ...] = (
+    100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000,
+    20_000, 30_000, 45_000, 60_000, 90_000, 120_000, 180_000, 300_000, 600_000,
+)
+ROW_VERSION = 1
+
+
+class BadMessage(ValueError):
+    """A progress message that cannot be applied (logged and skipped by the agent)."""
+
+
+def parse_message(value: Any, now: float | None = None) -> dict[str, Any]:
+    """Check and normalise one progress message; raises BadMessage naming the problem."""
+    if not isinstance(value, Mapping):
+        raise BadMessage(f"not an object: {type(value).__name__}")
+    batch_id = value.get("batch_id")
+    if not isinstance(batch_id, str) or not batch_id:
+        raise BadMessage("batch_id missing or not a string")
+    kind = value.get("kind")
+    if kind not in KINDS:
+        raise BadMessage(f"unknown kind {kind!r}")
+    sim = value.get("simulation_id")
+    if not isinstance(sim, str) or not sim:
+        raise BadMessage("simulation_id missing or not a string")
+    at = value.get("at")
+    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+        at = time.time() if now is None else now
+    size = value.get("batch_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        size = None
+    duration = value.get("duration_ms")
+    if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
+        duration = None
+    reason = value.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        reason = str(reason)
+    return {
+        "batch_id": batch_id,
+        "kind": kind,
+        "simulation_id": sim,
+        "reason": reason,
+        "batch_size": size,
+        "duration_ms": duration,
+        "at": float(at),
+    }
+
+
+def new_row(batch_id: str, partition: int | None = None) -> dict[str, Any]:
+    return {
+        "v": ROW_VERSION,
+        "batch_id": batch_id,
+        "partition": partition,
+        "batch_size": None,
+        "total": 0,
+        "total_known": False,
+        "consumed": 0,
+        "completed": 0,
+        "failed": 0,
+        "in_flight": 0,
+        "failed_by_reason": {},
+        "end_reasons": {},
+        "started_at": None,
+        "updated_at": None,
+        "finished_at": None,
+        "last_finish_at": None,
+        "rate": 0.0,
+        "rate_weight": 0.0,
+        "hist": [0] * (len(DURATION_BUCKETS_MS) + 1),
+        "duplicates": 0,
+    }
+
+
+def _copy(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    out["failed_by_reason"] = dict(row.get("failed_by_reason") or {})
+    out["end_reasons"] = dict(row.get("end_reasons") or {})
+    hist = list(row.get("hist") or [])
+    size = len(DURATION_BUCKETS_MS) + 1
+    out["hist"] = (hist + [0] * size)[:size]
+    return out
+
+
+def bucket_index(duration_ms: float) -> int:
+    for i, bound in enumerate(DURATION_BUCKETS_MS):
+        if duration_ms <= bound:
+            return i
+    return len(DURATION_BUCKETS_MS)
+
+
+def quantile_ms(hist: list[int], q: float) -> float | None:
+    """Estimate the q-quantile from the histogram, interpolating inside the bucket."""
+    n = sum(hist)
+    if n == 0:
+        return None
+    target = q * n
+    cum = 0
+    for i, count in enumerate(hist):
+        if count and cum + count >= target:
+            lower = DURATION_BUCKETS_MS[i - 1] if i > 0 else 0
+            if i >= len(DURATION_BUCKETS_MS):
+                return float(lower)  # open-ended top bucket: report its lower edge
+            upper = DURATION_BUCKETS_MS[i]
+            return lower + (upper - lower) * max(target - cum, 0) / count
+        cum += count
+    return float(DURATION_BUCKETS_MS[-1])
+
+
+def _window(row: Mapping[str, Any], t: float) -> float:
+    """tau * (1 - exp(-elapsed/tau)): the weight a steady rate of 1/s would have gathered."""
+    started = row.get("started_at")
+    elapsed = t - started if started is not None else 0.0
+    elapsed = max(elapsed, MIN_WINDOW)
+    return RATE_TAU * -math.expm1(-elapsed / RATE_TAU)
+
+
+def rate_at(row: Mapping[str, Any], t: float) -> float:
+    """Finishes per second at time t (decayed from the last finish)."""
+    last = row.get("last_finish_at")
+    weight = float(row.get("rate_weight") or 0.0)
+    if last is None or weight <= 0:
+        return 0.0
+    weight *= math.exp(-max(t - last, 0.0) / RATE_TAU)
+    return weight / _window(row, max(t, last))
+
+
+def _totals(row: dict[str, Any]) -> None:
+    finished = row["completed"] + row["failed"]
+    row["in_flight"] = max(row["consumed"] - finished, 0)
+    size = row.get("batch_size")
+    row["total_known"] = size is not None
+    row["total"] = max(size, row["consumed"], finished) if size is not None else row["consumed"]
+    if row["total_known"] and finished >= row["total"] and row.get("finished_at") is None:
+        row["finished_at"] = row.get("last_finish_at") or row.get("updated_at")
+
+
+def apply(row: Mapping[str, Any] | None, msg: Mapping[str, Any], partition: int | None = None
+          ) -> dict[str, Any]:
+    """Fold one (already deduplicated, parsed) message into a row; returns a new row."""
+    out = _copy(row) if row is not None else new_row(msg["batch_id"], partition)
+    if partition is not None:
+        out["partition"] = partition
+    at = float(msg["at"])
+    kind = msg["kind"]
+    if msg.get("batch_size"):
+        out["batch_size"] = max(int(msg["batch_size"]), out.get("batch_size") or 0)
+    if out["started_at"] is None or at < out["started_at"]:
+        out["started_at"] = at
+    if out["updated_at"] is None or at > out["updated_at"]:
+        out["updated_at"] = at
+    if kind == "consumed":
+        out["consumed"] += 1
+    elif kind in FINAL:
+        reason = msg.get("reason") or "unknown"
+        if kind == "completed":
+            out["completed"] += 1
+            out["end_reasons"][reason] = out["end_reasons"].get(reason, 0) + 1
+        else:
+            out["failed"] += 1
+            out["failed_by_reason"][reason] = out["failed_by_reason"].get(reason, 0) + 1
+        duration = msg.get("duration_ms")
+        if duration is not None:
+            out["hist"][bucket_index(float(duration))] += 1
+        last = out["last_finish_at"]
+        weight = float(out["rate_weight"] or 0.0)
+        if last is None:
+            weight, last = 1.0, at
+        else:
+            # Messages from different workers may arrive slightly out of time order:
+            # an earlier one is counted without decaying the sum backwards.
+            weight = weight * math.exp(-max(at - last, 0.0) / RATE_TAU) + 1.0
+            last = max(last, at)
+        out["rate_weight"], out["last_finish_at"] = weight, last
+        out["rate"] = rate_at(out, last)
+    else:
+        raise BadMessage(f"unknown kind {kind!r}")
+    _totals(out)
+    return out
+
+
+def apply_once(
+    row: Mapping[str, Any] | None,
+    seen: str | None,
+    msg: Mapping[str, Any],
+    partition: int | None = None,
+) -> tuple[dict[str, Any] | None, str | None, bool]:
+    """Fold a message unless it repeats what `seen` (this simulation's state) already counted.
+
+    Returns (row, seen, counted). A finish without an earlier "consumed" (lost or never sent)
+    counts the consumption too, so in_flight never goes negative. The first final state
+    wins: a later completed/failed for the same simulation is a duplicate.
+    """
+    kind = msg["kind"]
+    if seen in FINAL or (kind == "consumed" and seen is not None):
+        out = _copy(row) if row is not None else new_row(msg["batch_id"], partition)
+        out["duplicates"] = int(out.get("duplicates") or 0) + 1
+        return out, seen, False
+    if kind in FINAL and seen is None:
+        row = apply(row, {**msg, "kind": "consumed"}, partition)
+    return apply(row, msg, partition), kind, True
+
+
+def view(row: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
+    """What clients see of a row: counts, remaining, percent, rate, ETA, p50/p95."""
+    now = time.time() if now is None else now
+    total = int(row.get("total") or 0)
+    completed = int(row.get("completed") or 0)
+    failed = int(row.get("failed") or 0)
+    finished = completed + failed
+    remaining = max(total - finished, 0)
+    done = bool(row.get("total_known")) and remaining == 0
+    # A finished batch keeps the rate it had when it finished instead of decaying to zero.
+    t = row.get("finished_at") if done and row.get("finished_at") else now
+    rate = rate_at(row, t)
+    if remaining == 0:
+        eta: float | None = 0.0
+    elif rate > 0:
+        eta = remaining / rate
+    else:
+        eta = None
+    started = row.get("started_at")
+    end = row.get("finished_at") if done and row.get("finished_at") else now
+    elapsed = max(end - started, 0.0) if started is not None else 0.0
+    hist = list(row.get("hist") or [])
+    p50 = quantile_ms(hist, 0.50)
+    p95 = quantile_ms(hist, 0.95)
+    return {
+        "batch_id": row.get("batch_id"),
+        "total": total,
+        "total_known": bool(row.get("total_known")),
+        "consumed": int(row.get("consumed") or 0),
+        "completed": completed,
+        "failed": failed,
+        "in_flight": int(row.get("in_flight") or 0),
+        "remaining": remaining,
+        "percent": round(100.0 * finished / total, 2) if total else 0.0,
+        "done": done,
+        "rate": round(rate, 4),
+        "eta_seconds": round(eta, 1) if eta is not None else None,
+        "failed_by_reason": dict(row.get("failed_by_reason") or {}),
+        "end_reasons": dict(row.get("end_reasons") or {}),
+        "started_at": started,
+        "updated_at": row.get("updated_at"),
+        "finished_at": row.get("finished_at"),
+        "elapsed_seconds": round(elapsed, 2),
+        "throughput": round(finished / elapsed, 4) if elapsed > 0 else 0.0,
+        "duration_p50_s": round(p50 / 1000, 3) if p50 is not None else None,
+        "duration_p95_s": round(p95 / 1000, 3) if p95 is not None else None,
+        "duplicates": int(row.get("duplicates") or 0),
+    }
+
+
+def merge_views(views: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One view per batch id; when two workers answer for one batch (only while partitions
+    move), keep the one that has counted more, then the newer."""
+    best: dict[str, dict[str, Any]] = {}
+    for v in views:
+        bid = v.get("batch_id")
+        if not isinstance(bid, str):
+            continue
+        key = (int(v.get("completed", 0)) + int(v.get("failed", 0)), v.get("updated_at") or 0)
+        cur = best.get(bid)
+        if cur is None or key > (cur["completed"] + cur["failed"], cur.get("updated_at") or 0):
+            best[bid] = dict(v)
+    return sorted(best.values(), key=lambda v: (v.get("started_at") or 0, v["batch_id"]))
