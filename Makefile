@@ -48,13 +48,14 @@ loadtest: install
 
 ## Benchmark on the embedded stack (see docs/benchmarks.md).
 bench: install
-	$(BIN)/python -m simapp.bench --count $(or $(BENCH_COUNT),10000) --workers $(or $(BENCH_WORKERS),2) --rps $(RPS) $(ARGS)
+	$(BIN)/python -m simapp.bench --count $(if $(filter file,$(origin COUNT)),10000,$(COUNT)) --workers $(if $(filter file,$(origin WORKERS)),2,$(WORKERS)) --rps $(RPS) $(ARGS)
 
 up:
-	docker compose -f docker/docker-compose.yml --env-file .env up -d --scale worker=5
+	@test -f .env || { echo "no .env: run 'cp .env.example .env' and edit it (see docs/deployment.md)"; exit 1; }
+	docker compose -f docker/docker-compose.yml --env-file .env up -d --build --scale worker=$(or $(REPLICAS),5)
 
 down:
-	docker compose -f docker/docker-compose.yml down
+	docker compose -f docker/docker-compose.yml $(if $(wildcard .env),--env-file .env) --profile dry-run down
 
 clean:
 	rm -rf $(VENV) var *.egg-info .pytest_cache .ruff_cache

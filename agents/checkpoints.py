@@ -11,14 +11,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from simapp.application import app, topics
+from simapp.application import app, runtime, topics
 from tables.simulations import simulations
 
 
 @app.agent(topics.checkpoints)
 async def apply_checkpoints(stream: Any) -> None:
-    async for value in stream:
-        sim_id = value.get("id")
+    async for event in stream.events():
+        value, message = event.value, event.message
+        runtime.checkpoints_applied[message.partition] = message.offset
+        sim_id = value.get("id") if isinstance(value, dict) else None
         if not isinstance(sim_id, str):
             continue
         current = simulations.get(sim_id)

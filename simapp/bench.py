@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -325,7 +326,40 @@ def last_delivery_at(stack: EmbeddedStack) -> float | None:
     return latest
 
 
-def wait_done(stack: EmbeddedStack, sent: int, started: float, args: argparse.Namespace) -> int:
+def warm_up(stack: EmbeddedStack, args: argparse.Namespace) -> Counter:
+    """Run a few simulations first (LiteLLM's lazy imports and clients, Faust's first sends),
+    then reset the mock's and the sink's counters. Returns the dead letters counted so far."""
+    settings = load_settings(
+        kafka_bootstrap_servers=stack.bootstrap, kafka_partitions=args.partitions
+    )
+    events = make_events(
+        args.warmup,
+        callback_url=f"{stack.sink_url}/callback",
+        model=args.model,
+        batch_id=f"warmup-{stack.run_id}",
+        max_iterations=settings.max_iterations,
+        seed=args.seed + 1,
+    )
+    sent = asyncio.run(produce(settings, (encode_event(e) for e in events)))
+    ok = stack.wait_for(
+        lambda: (
+            stack.sink_received()["unique_ids"]
+            + sum(dead_letters_by_reason(worker_metrics(stack)).values())
+            >= sent
+        ),
+        timeout=180,
+        interval=0.5,
+    )
+    dead = dead_letters_by_reason(worker_metrics(stack))
+    print(f"  warm-up: {sent} simulations {'done' if ok else 'NOT done'}", flush=True)
+    http_json(f"{stack.mock_url}/admin/reset", {})
+    http_json(f"{stack.sink_url}/admin/reset", {})
+    return dead
+
+
+def wait_done(
+    stack: EmbeddedStack, sent: int, started: float, args: argparse.Namespace, dead_before: int
+) -> int:
     """Poll sink (every 1 s) and dead letters (every 5 s) until all are accounted for."""
     deadline = started + args.timeout
     dead = 0
@@ -335,7 +369,7 @@ def wait_done(stack: EmbeddedStack, sent: int, started: float, args: argparse.Na
         now = time.monotonic()
         delivered = stack.sink_received()["unique_ids"]
         if now >= next_dlq or delivered + dead >= sent:
-            dead = sum(dead_letters_by_reason(worker_metrics(stack)).values())
+            dead = sum(dead_letters_by_reason(worker_metrics(stack)).values()) - dead_before
             next_dlq = now + 5.0
         done = delivered + dead
         finished = done >= sent
@@ -374,7 +408,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     stack = EmbeddedStack(workdir=workdir, mock_args=mock_args, partitions=args.partitions)
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python -m simapp.bench " + shlex.join(args.argv),
+        "command": shlex.join(["python", "-m", "simapp.bench", *command_args(args.argv)]),
         "machine": machine,
         "note": args.note,
         "config": {
@@ -391,6 +425,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "partitions": args.partitions,
             "bare_calls": args.bare_calls,
             "seed": args.seed,
+            "warmup": args.warmup,
         },
         "workdir": str(workdir),
     }
@@ -410,6 +445,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         stack.wait_workers_ready(timeout=120)
         if not wait_group_stable(stack, args.partitions):
             print("WARNING: consumer group not stable after 90 s; measuring anyway", flush=True)
+        dead_before = Counter()
+        if args.warmup:
+            dead_before = warm_up(stack, args)
         print(
             f"  {args.workers} worker(s) up (concurrency {args.concurrency}, pool {pool_size}, "
             f"route {args.route}); mock latency {args.latency_ms}±{args.jitter_ms} ms, "
@@ -443,7 +481,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"sent {sent} events in {produced_s:.1f}s (batch {events[0]['batch_id']})", flush=True
         )
-        wait_done(stack, sent, t0, args)
+        wait_done(stack, sent, t0, args, sum(dead_before.values()))
         detected = time.monotonic() - t0
         cpu1 = [cpu_seconds(pid) for pid in pids]
         others1 = {k: cpu_seconds(p.pid) for k, p in others.items() if p is not None}
@@ -454,6 +492,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         last = last_delivery_at(stack)
         wall = (last - t0_wall) if last is not None else detected
         report = build_report(stack, sent, wall)
+        if dead_before:  # dead letters counted by the workers during the warm-up
+            dead = Counter(report["dead_lettered"]) - dead_before
+            report["dead_lettered"] = dict(dead)
+            ids = report["delivered"]
+            report["missing"] = max(0, sent - ids - sum(dead.values()))
         result.update(report)
         result["wall_seconds"] = round(wall, 2)
         result["produce_seconds"] = round(produced_s, 2)
@@ -509,6 +552,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         print(f"logs: {stack.log_dir}", flush=True)
 
 
+def command_args(argv: list[str]) -> list[str]:
+    """The arguments that shape a run: `--note` (free text for the doc) is left out."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            out.append(arg)
+    return out
+
+
 def goals(r: dict[str, Any], rps: float) -> dict[str, bool | None]:
     def le(a: Any, b: float) -> bool | None:
         return None if a is None else a <= b
@@ -529,6 +586,8 @@ def goals(r: dict[str, Any], rps: float) -> dict[str, bool | None]:
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -660,6 +719,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--bare-calls", type=int, default=2000, help="calls of the bare LiteLLM loop")
+    p.add_argument(
+        "--warmup", type=int, default=20, help="simulations run (and not measured) before"
+    )
     p.add_argument("--seed", type=int, default=42, help="catalogue seed (same events every run)")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many s")
     p.add_argument("--progress-every", type=float, default=10.0, help="progress line interval s")

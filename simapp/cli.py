@@ -1,1 +1,352 @@
-"""Faust commands of simapp (loadtest, submit, progress, dlq)."""
+"""Faust commands of simapp: `loadtest`, `submit`, `progress` (`faust -A simapp <command>`).
+
+- loadtest: N events from the built-in catalogue as one batch; without a configured broker
+  (KAFKA_BOOTSTRAP_SERVERS unset in the environment and .env) or with --embedded it starts the
+  embedded stack (Tansu, mock LLM, callback sink, one worker) for the run and tears it down.
+- submit: a JSONL file of events as one batch, validated completely before anything is sent.
+- progress: the progress table once, from a worker's web views.
+
+The commands run on their own asyncio loop (not as a Faust worker service) and exit with a
+status code: 0 ok, 1 the batch did not finish cleanly / no answer, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from faust.cli import AppCommand, argument, option
+
+from simapp import follow as fl
+from simapp.application import app, settings
+from simapp.config import Settings, load_settings
+from simapp.producer import encode_event, produce
+from simapp.schemas import EventDecoder, Rejection
+
+
+class SimappCommand(AppCommand):
+    """An app command that runs `run` on a plain asyncio loop and exits with its return code.
+
+    Faust's default runs a command as a service inside a mode Worker, which always exits 0.
+    """
+
+    abstract = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        code = asyncio.run(self.run(*self.args, *args, **{**self.kwargs, **kwargs}))
+        raise SystemExit(code or 0)
+
+
+def default_web_url(s: Settings) -> str:
+    return f"http://127.0.0.1:{s.metrics_port}"
+
+
+def broker_configured(s: Settings) -> bool:
+    """KAFKA_BOOTSTRAP_SERVERS given in the environment or .env (not just the default)."""
+    return "kafka_bootstrap_servers" in s.model_fields_set
+
+
+def new_batch_id() -> str:
+    return f"batch-{uuid.uuid4().hex[:8]}"
+
+
+def batch_id_problem(batch_id: str) -> str | None:
+    """Why an explicit --batch-id cannot be used (the event schema's id rules), or None."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from simapp.schemas import Id
+
+    try:
+        TypeAdapter(Id).validate_python(batch_id)
+    except ValidationError as exc:
+        return f"--batch-id {batch_id!r} is not a valid batch id: {exc.errors()[0]['msg']}"
+    return None
+
+
+async def follow_batch(
+    web_url: str,
+    batch_id: str,
+    *,
+    sent: int | None,
+    started: float,
+    limit: float,
+    should_stop: Any = None,
+) -> int:
+    """Follow to the end, print the report; 0 when every simulation was delivered."""
+    last = await asyncio.to_thread(
+        fl.follow, web_url, batch_id, timeout=limit, should_stop=should_stop
+    )
+    wall = None
+    if last and last.get("done") and last.get("finished_at"):
+        # from our first send to the last finish, measured with the workers' clock
+        wall = max(float(last["finished_at"]) - started, 0.0) or None
+    r = fl.report(last, sent=sent, wall=wall)
+    fl.print_report(r)
+    expected = sent if sent is not None else r["total"]
+    ok = r["done"] and r["failed"] == 0 and r["delivered"] == expected
+    print("RESULT:", "OK, every simulation delivered" if ok else "NOT all delivered")
+    return 0 if ok else 1
+
+
+# ----- loadtest ---------------------------------------------------------------------------
+@app.command(
+    option("--count", type=int, default=200, show_default=True, help="events in the batch"),
+    option("--batch-id", default=None, help="batch id (default: a new random one)"),
+    option("--rate", type=float, default=None, help="send at most this many events/s"),
+    option("--follow/--no-follow", default=False, help="show live progress and a report"),
+    option("--model", default="gpt-4", show_default=True),
+    option("--callback-url", default=None,
+           help="where summaries go (default with the embedded stack: its callback sink)"),
+    option("--embedded/--no-embedded", default=None,
+           help="force (or forbid) the embedded stack; default: when no broker is configured"),
+    option("--web-url", default=None,
+           help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)"),
+    option("--workers", type=int, default=1, show_default=True, help="embedded workers"),
+    option("--latency-ms", type=int, default=300, show_default=True, help="embedded mock latency"),
+    option("--rps", type=float, default=None,
+           help="embedded workers' LLM_RATE_LIMIT_RPS (default: the configured one, else 50)"),
+    option("--concurrency", type=int, default=None,
+           help="embedded workers' CONCURRENT_CONVERSATIONS (default: configured, else 100)"),
+    option("--seed", type=int, default=None, help="catalogue random seed"),
+    option("--timeout", "follow_timeout", type=float, default=3600.0, show_default=True,
+           help="follow at most this many seconds"),
+    base=SimappCommand,
+)
+async def loadtest(
+    self: AppCommand,
+    count: int,
+    batch_id: str | None,
+    rate: float | None,
+    follow: bool,
+    model: str,
+    callback_url: str | None,
+    embedded: bool | None,
+    web_url: str | None,
+    workers: int,
+    latency_ms: int,
+    rps: float | None,
+    concurrency: int | None,
+    seed: int | None,
+    follow_timeout: float,
+) -> int:
+    """Send a load-test batch from the built-in catalogue (embedded stack without a broker)."""
+    if count < 1:
+        print("--count must be at least 1", file=sys.stderr)
+        return 2
+    if batch_id and (problem := batch_id_problem(batch_id)):
+        print(problem, file=sys.stderr)
+        return 2
+    batch_id = batch_id or new_batch_id()
+    use_embedded = embedded if embedded is not None else not broker_configured(settings)
+    stack = None
+    try:
+        if use_embedded:
+            from simapp.embedded.stack import EmbeddedStack
+
+            workdir = Path(tempfile.mkdtemp(prefix="simapp-loadtest-"))
+            stack = EmbeddedStack(
+                workdir=workdir,
+                mock_args=["--latency-ms", str(latency_ms), "--latency-jitter-ms",
+                           str(latency_ms // 3)],
+                partitions=settings.kafka_partitions,
+            )
+            print(f"starting the embedded stack in {workdir} ...", flush=True)
+            await asyncio.to_thread(stack.start)
+            worker_settings = embedded_worker_settings(settings, rps, concurrency)
+            for i in range(max(1, workers)):
+                await asyncio.to_thread(stack.start_worker, i, False, **worker_settings)
+            await asyncio.to_thread(stack.wait_workers_ready)
+            target = load_settings(
+                kafka_bootstrap_servers=stack.bootstrap,
+                kafka_partitions=stack.partitions,
+                broker_profile="embedded",
+            )
+            callback_url = callback_url or f"{stack.sink_url}/callback"
+            web_url = web_url or ",".join(f"http://127.0.0.1:{w.port}" for w in stack.workers)
+            print(f"  broker {stack.bootstrap}, progress page {fl.split_urls(web_url)[0]}/",
+                  flush=True)
+        else:
+            target = settings
+            web_url = web_url or default_web_url(settings)
+            if not callback_url:
+                print("--callback-url is required with a configured broker", file=sys.stderr)
+                return 2
+        events = make_batch(count, batch_id, callback_url, model, target.max_iterations, seed)
+        started = time.time()
+        producing = asyncio.create_task(
+            produce(target, (encode_event(e) for e in events), rate=rate)
+        )
+        if not follow:
+            sent = await producing
+            print(f"sent {sent} events, batch {batch_id}")
+            return 0 if sent == count else 1
+        print(f"sending {count} events, batch {batch_id}", flush=True)
+
+        def should_stop() -> str | None:
+            if producing.done() and not producing.cancelled() and producing.exception():
+                return f"sending failed: {producing.exception()!r}"
+            if stack is not None and not all(w.alive() for w in stack.workers):
+                return f"a worker died; logs in {stack.log_dir}"
+            return None
+
+        code = await follow_batch(web_url, batch_id, sent=count, started=started,
+                                  limit=follow_timeout, should_stop=should_stop)
+        sent = await producing
+        return code if sent == count else 1
+    finally:
+        if stack is not None:
+            print("stopping the embedded stack ...", flush=True)
+            await asyncio.to_thread(stack.stop)
+            print(f"logs: {stack.log_dir}")
+
+
+def embedded_worker_settings(s: Settings, rps: float | None, concurrency: int | None
+                             ) -> dict[str, Any]:
+    """Explicit options, else what the environment configures, else a demo-friendly pace."""
+    fields = s.model_fields_set
+    return {
+        "llm_rate_limit_rps": rps or (s.llm_rate_limit_rps if "llm_rate_limit_rps" in fields
+                                      else 50),
+        "concurrent_conversations": concurrency or (
+            s.concurrent_conversations if "concurrent_conversations" in fields else 100),
+    }
+
+
+def make_batch(count: int, batch_id: str, callback_url: str, model: str, max_iterations: int,
+               seed: int | None) -> list[dict]:
+    from simapp.catalogue import make_events
+
+    return make_events(count, callback_url=callback_url, model=model, batch_id=batch_id,
+                       max_iterations=max_iterations, seed=seed)
+
+
+# ----- submit -----------------------------------------------------------------------------
+def validate_lines(lines: list[str], s: Settings, batch_id: str
+                   ) -> tuple[list[dict], list[str]]:
+    """Decode every non-blank line; returns (events with batch id/size set, problems)."""
+    decoder = EventDecoder(s)
+    problems: list[str] = []
+    raw: list[tuple[int, dict]] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        decoded = decoder.decode(line.encode("utf-8", "surrogatepass"))
+        if isinstance(decoded, Rejection):
+            problems.append(f"line {number}: {decoded.reason}: {decoded.detail}")
+            continue
+        if decoded.id in first_line:
+            problems.append(
+                f"line {number}: duplicate_id: id {decoded.id!r} already on line "
+                f"{first_line[decoded.id]} (a batch counts each simulation once)"
+            )
+            continue
+        first_line[decoded.id] = number
+        raw.append((number, json.loads(line)))
+    if not raw and not problems:
+        problems.append("no events in the file")
+    events = []
+    for number, data in raw:
+        data["batch_id"] = batch_id
+        data["batch_size"] = len(raw)
+        again = decoder.decode(json.dumps(data).encode())
+        if isinstance(again, Rejection):  # e.g. an invalid --batch-id
+            problems.append(f"line {number}: {again.reason}: {again.detail}")
+        events.append(data)
+    return events, problems
+
+
+@app.command(
+    argument("file", type=str),
+    option("--batch-id", default=None, help="batch id (default: a new random one)"),
+    option("--follow/--no-follow", default=False, help="show live progress and a report"),
+    option("--web-url", default=None,
+           help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)"),
+    option("--timeout", "follow_timeout", type=float, default=3600.0, show_default=True,
+           help="follow at most this many seconds"),
+    base=SimappCommand,
+)
+async def submit(
+    self: AppCommand,
+    file: str,
+    batch_id: str | None,
+    follow: bool,
+    web_url: str | None,
+    follow_timeout: float,
+) -> int:
+    """Validate every line of FILE.jsonl, then send them all as one batch."""
+    try:
+        text = await asyncio.to_thread(Path(file).read_text, encoding="utf-8")
+        lines = text.splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"cannot read {file}: {exc}", file=sys.stderr)
+        return 2
+    if batch_id and (problem := batch_id_problem(batch_id)):
+        print(problem, file=sys.stderr)
+        return 2
+    batch_id = batch_id or new_batch_id()
+    events, problems = validate_lines(lines, settings, batch_id)
+    if problems:
+        for problem in problems:
+            print(f"{file}: {problem}", file=sys.stderr)
+        print(f"{len(problems)} bad line(s); nothing was sent", file=sys.stderr)
+        return 2
+    started = time.time()
+    sent = await produce(settings, (encode_event(e) for e in events))
+    print(f"sent {sent} events, batch {batch_id}", flush=True)
+    if sent != len(events):
+        return 1
+    if not follow:
+        return 0
+    return await follow_batch(web_url or default_web_url(settings), batch_id, sent=sent,
+                              started=started, limit=follow_timeout)
+
+
+# ----- progress ---------------------------------------------------------------------------
+@app.command(
+    option("--batch-id", default=None, help="only this batch (with details)"),
+    option("--web-url", default=None,
+           help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)"),
+    option("--json", "as_json", is_flag=True, default=False, help="print the JSON answer"),
+    base=SimappCommand,
+)
+async def progress(self: AppCommand, batch_id: str | None, web_url: str | None,
+                   as_json: bool) -> int:
+    """Print batch progress once (every batch, or one with --batch-id)."""
+    url = web_url or default_web_url(settings)
+    if batch_id:
+        status, body = await asyncio.to_thread(fl.fetch_batch, url, batch_id)
+        if status != 200:
+            error = body.get("error") if isinstance(body, dict) else None
+            print(f"batch {batch_id}: {error or f'HTTP {status}'} ({url})", file=sys.stderr)
+            return 1
+        if as_json:
+            print(json.dumps(body, indent=2))
+            return 0
+        print(fl.table([body]))
+        print(fl.progress_line(body))
+        if body.get("failed_by_reason"):
+            print("failed by reason:", json.dumps(body["failed_by_reason"], sort_keys=True))
+        if body.get("end_reasons"):
+            print("end reasons:", json.dumps(body["end_reasons"], sort_keys=True))
+        return 0
+    status, body = await asyncio.to_thread(fl.fetch_all, url)
+    if status != 200 or not isinstance(body, dict):
+        error = body.get("error") if isinstance(body, dict) else None
+        print(f"no progress from {url}: {error or f'HTTP {status}'}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(body, indent=2))
+        return 0
+    batches = body.get("batches", [])
+    print(fl.table(batches) if batches else "no batches yet")
+    if not body.get("complete"):
+        missing = [w["url"] for w in body.get("workers", []) if not w.get("ok")]
+        print(f"(partial: no answer from {', '.join(missing) or 'an unassigned partition'})")
+    return 0

@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
+from weakref import WeakSet
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
@@ -31,6 +33,22 @@ from faust.types import TP, Message
 from simapp import metrics
 
 log = logging.getLogger(__name__)
+
+
+class _TrackingSet(WeakSet):
+    """Faust's set of unacked messages, also telling us when a stream picks a message up.
+
+    Faust streams (Python and Cython) add a message to `consumer._unacked_messages` at the
+    moment an agent actor takes it from the channel: that is exactly "in flight" for us.
+    """
+
+    def __init__(self, on_add: Callable[[Message], None]) -> None:
+        super().__init__()
+        self._on_add = on_add
+
+    def add(self, item: Message) -> None:
+        super().add(item)
+        self._on_add(item)
 
 
 class SafeCommitConsumer(faust_aiokafka.Consumer):
@@ -45,11 +63,11 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
         self._inflight: dict[TP, dict[int, None]] = defaultdict(dict)
         self._max_acked: dict[TP, int] = {}
         self._grace: float | None = None
+        self._unacked_messages = _TrackingSet(self._record_inflight)
 
     # ----- bookkeeping ------------------------------------------------------------------
-    def track_message(self, message: Message) -> None:
-        super().track_message(message)
-        if self.app.topics.acks_enabled_for(message.topic):
+    def _record_inflight(self, message: Message) -> None:
+        if not message.acked:
             self._inflight[message.tp][message.offset] = None
 
     def ack(self, message: Message) -> bool:

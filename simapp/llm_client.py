@@ -45,56 +45,75 @@ def import_litellm(pool_size: int) -> Any:
 
 
 def retry_after_seconds(headers: Any) -> float | None:
-    """Seconds a 429 asks us to wait: retry-after-ms, Retry-After, x-ratelimit-reset-*."""
+    """Seconds a 429 asks us to wait: retry-after-ms, Retry-After, x-ratelimit-reset-*.
+
+    Header names are matched case-insensitively (httpx/aiohttp headers are, a plain dict from
+    LiteLLM's `litellm_response_headers` is not); a value we cannot read is skipped, never raised.
+    """
     if not headers:
         return None
-    get = headers.get
-    value = get("retry-after-ms")
+    try:
+        lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    except (AttributeError, TypeError):
+        return None
+    value = lowered.get("retry-after-ms", "").strip()
     if value:
         try:
-            return max(0.0, float(value) / 1000)
+            return _non_negative(float(value) / 1000)
         except ValueError:
             pass
-    value = get("retry-after")
+    value = lowered.get("retry-after", "").strip()
     if value:
         try:
-            return max(0.0, float(value))
+            return _non_negative(float(value))
         except ValueError:
             try:
-                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-            except (TypeError, ValueError):
+                return _non_negative(parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError, IndexError, OverflowError):
                 pass
     for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "x-ratelimit-reset"):
-        value = get(name)
+        value = lowered.get(name, "").strip()
         if value:
             seconds = _duration(value)
             if seconds is not None:
+                if seconds > _EPOCH_THRESHOLD:  # a Unix time (GitHub style), not a duration
+                    seconds = max(0.0, seconds - time.time())
                 return seconds
     return None
 
 
+_EPOCH_THRESHOLD = 1e9  # ~2001-09-09 as a Unix time; no provider asks for a 31-year wait
+
+
+def _non_negative(seconds: float) -> float:
+    return seconds if seconds > 0 else 0.0  # also maps NaN to 0
+
+
 def _duration(value: str) -> float | None:
-    """OpenAI-style reset durations: '1s', '20ms', '6m0s', '0.5'."""
+    """OpenAI-style reset durations: '1s', '20ms', '6m0s', '0.5'; None when unreadable."""
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        return _non_negative(float(value))
     except ValueError:
         pass
     total, number = 0.0, ""
     units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
     i = 0
-    while i < len(value):
-        ch = value[i]
-        if ch.isdigit() or ch == ".":
-            number += ch
-            i += 1
-            continue
-        unit = "ms" if value.startswith("ms", i) else ch
-        if unit not in units or not number:
-            return None
-        total += float(number) * units[unit]
-        number = ""
-        i += len(unit)
+    try:
+        while i < len(value):
+            ch = value[i]
+            if ch.isdigit() or ch == ".":
+                number += ch
+                i += 1
+                continue
+            unit = "ms" if value.startswith("ms", i) else ch
+            if unit not in units or not number:
+                return None
+            total += float(number) * units[unit]
+            number = ""
+            i += len(unit)
+    except ValueError:  # e.g. '1.2.3s'
+        return None
     return total if not number else None
 
 
@@ -103,9 +122,55 @@ def backoff(attempt: int, base: float = 0.5, cap: float = 16.0) -> float:
     return random.uniform(0, min(cap, base * (2**attempt)))
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """exc and its causes/contexts, outermost first (cycle-safe, bounded)."""
+    out: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in out and len(out) < 10:
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out
+
+
 def status_of(exc: BaseException) -> int | None:
+    """The provider's HTTP status for a failed call.
+
+    LiteLLM's `aiohttp_openai` route reports every HTTP error as InternalServerError with
+    status_code 500 (a 429 or a 401 included); the status really received is on the aiohttp
+    ClientResponseError in the cause chain, so a wire status found there wins.
+    """
+    for link in _chain(exc):
+        provider = getattr(link, "provider_status_code", None)
+        if isinstance(provider, int):
+            return provider
+        if _is_aiohttp_response_error(link):
+            wire = getattr(link, "status", None)
+            if isinstance(wire, int) and wire >= 100:
+                return wire
     code = getattr(exc, "status_code", None)
     return code if isinstance(code, int) else None
+
+
+def _is_aiohttp_response_error(exc: BaseException) -> bool:
+    try:
+        from aiohttp import ClientResponseError
+    except ImportError:  # pragma: no cover - aiohttp is a dependency
+        return False
+    return isinstance(exc, ClientResponseError)
+
+
+def headers_of(exc: BaseException) -> Any:
+    """Response headers of a failed call (for Retry-After), wherever LiteLLM left them."""
+    for link in _chain(exc):
+        response = getattr(link, "response", None)
+        headers = getattr(response, "headers", None) if response is not None else None
+        if headers:
+            return headers
+        for name in ("litellm_response_headers", "headers"):
+            headers = getattr(link, name, None)
+            if headers and hasattr(headers, "items"):
+                return headers
+    return None
 
 
 class LLMClient:
@@ -143,8 +208,7 @@ class LLMClient:
                     self.metrics.llm_error(model, kind)
                 if kind == "rate_limited":
                     rate_limited += 1
-                    response = getattr(exc, "response", None)
-                    advised = retry_after_seconds(getattr(response, "headers", None))
+                    advised = retry_after_seconds(headers_of(exc))
                     if advised is None:
                         advised = backoff(rate_limited, 1.0, self.settings.llm_backoff_max)
                     pause = min(advised, self.settings.llm_backoff_max * 4)

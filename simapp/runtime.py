@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import importlib
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -78,6 +78,9 @@ class Runtime:
         self.engine: ConversationEngine | None = None
         self.sender: CallbackSender | None = None
         self.simulations: Any = None  # the simulations table (set by tables/simulations.py)
+        # checkpoint-topic offsets applied to the table, and partitions known caught up
+        self.checkpoints_applied: dict[int, int] = {}
+        self._caught_up: set[int] = set()  # non-empty once caught up since the last assignment
 
     # ----- start-up ---------------------------------------------------------------------
     async def ensure_started(self) -> None:
@@ -144,6 +147,7 @@ class Runtime:
     # ----- rebalance: share of a global budget ------------------------------------------
     def on_assignment(self, assigned_event_partitions: int) -> None:
         """With a global budget, this worker's share is its part of the event partitions."""
+        self._caught_up.clear()
         if self.budgets is None:
             self.budgets = self.new_budgets()
         if self.settings.llm_global_rate_limit_rps:
@@ -156,6 +160,32 @@ class Runtime:
                 self.settings.kafka_partitions,
                 self.settings.llm_global_rate_limit_rps,
             )
+
+    async def checkpoints_caught_up(self, timeout: float = 15.0) -> None:
+        """Wait, once per assignment, until the checkpoint agent has applied everything already
+        in the checkpoint partitions we own, so a redelivered event sees whether its simulation
+        was finished or where it stopped, instead of a stale table row."""
+        if self._caught_up or self.simulations is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        consumer = self.app.consumer
+        topic = self.settings.checkpoint_topic
+        pending = {tp for tp in consumer.assignment() if tp.topic == topic}
+        while pending and loop.time() < deadline:
+            for tp in list(pending):
+                try:
+                    highwater = consumer.highwater(tp)
+                except Exception:  # not fetched yet
+                    highwater = None
+                if highwater is not None and highwater >= 0:
+                    if self.checkpoints_applied.get(tp.partition, -1) + 1 >= highwater:
+                        pending.discard(tp)
+            if pending:
+                await asyncio.sleep(0.05)
+        if pending:
+            log.warning("checkpoint partitions %s not caught up after %.0fs", pending, timeout)
+        self._caught_up.add(1)
 
     def on_revoke(self) -> None:
         """During a rebalance hold our share at zero until the new assignment is known."""
@@ -275,6 +305,7 @@ class Runtime:
             await asyncio.shield(future)
             log_outcome(event.id, "skipped_running", reason="redelivered while running here")
             return "skipped_running"
+        await self.checkpoints_caught_up()
         row = self.simulations.get(event.id) if self.simulations is not None else None
         state: ConversationState | None = None
         if row is not None:

@@ -102,3 +102,115 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 def delivered_for(stack: EmbeddedStack, ids: set[str]) -> list[dict]:
     """Deliveries at the sink whose simulation id is in `ids` (all attempts that succeeded)."""
     return [item for item in stack.sink_items() if item.get("simulation_id") in ids]
+
+
+def send_to_partition(
+    stack: EmbeddedStack, ns: Namespace, events: list[dict], partition: int
+) -> None:
+    """Produce events keyed by id but to one explicit partition (to control offsets)."""
+    from aiokafka import AIOKafkaProducer
+
+    from simapp.kafka_admin import ensure_topics
+    from simapp.producer import all_topic_names
+
+    settings = ns.settings(stack)
+
+    async def _send() -> None:
+        await ensure_topics(stack.bootstrap, all_topic_names(settings), stack.partitions)
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for event in events:
+                key, value = encode_event(event)
+                await producer.send_and_wait(
+                    settings.kafka_topic, value=value, key=key, partition=partition
+                )
+        finally:
+            await producer.stop()
+
+    asyncio.run(_send())
+
+
+class HoldingReceiver:
+    """A callback receiver in a background thread that can hold requests open.
+
+    While `hold` is True every POST is recorded and then left hanging (an in-flight callback);
+    afterwards POSTs are answered 200 and recorded as successes.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.hold = True
+        self.attempts: list[str] = []
+        self.successes: list[str] = []
+        self.port = 0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    def start(self) -> HoldingReceiver:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hold"
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.json()
+            sim_id = body.get("simulation_id")
+            self.attempts.append(sim_id)
+            while self.hold:
+                await asyncio.sleep(0.1)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                # the caller died while we held it (aiohttp does not cancel the handler)
+                raise ConnectionResetError("client went away")
+            self.successes.append(sim_id)
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.router.add_post("/hold", handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def stop(self) -> None:
+        self.hold = False
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
+
+
+def committed_offset(bootstrap: str, group: str, topic: str, partition: int) -> int | None:
+    """The group's committed offset for one partition (None when nothing committed).
+
+    Asked with confluent-kafka (librdkafka), an independent client: aiokafka's admin
+    OffsetFetch does not parse Tansu's answer. No subscribe, so the group is not disturbed.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        (tp,) = consumer.committed([TopicPartition(topic, partition)], timeout=10)
+    finally:
+        consumer.close()
+    return None if tp.offset < 0 else tp.offset

@@ -93,13 +93,14 @@ DASHBOARD_REQUIRED = {
 
 
 # ------------------------------------------------------------------------------ helpers
-_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 
 
 def resolve_defaults(value: str) -> str:
     """Compose interpolation with an empty environment: `${X:-d}` -> d, `${X}` -> "", `$$` -> $."""
+    value = value.replace("$$", "\0")
     value = _INTERPOLATION.sub(lambda m: m.group(3) if m.group(2) in (":-", "-") else "", value)
-    return value.replace("$$", "$")
+    return value.replace("\0", "$")
 
 
 def yaml_strings(node: Any) -> Iterator[str]:
@@ -367,6 +368,10 @@ def test_topics_service_creates_every_topic(services: dict[str, Any]) -> None:
     for setting, default in TOPIC_SETTINGS.items():
         assert f"${{{setting}:-{default}}}" in script, setting
         assert Settings.model_fields[setting.lower()].default == default
+    assert topics["entrypoint"][:2] == ["/bin/bash", "-c"]
+    script = resolve_defaults(topics["entrypoint"][2])
+    syntax = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+    assert syntax.returncode == 0, f"topics script: {syntax.stderr}"
 
 
 def test_worker_service(services: dict[str, Any]) -> None:
@@ -623,7 +628,7 @@ def test_promql_metric_names_extraction() -> None:
 
 def test_exported_metric_names_parser() -> None:
     text = (
-        "# HELP a_total help\n# TYPE a_total counter\na_total{x=\"1\"} 1.0\n"
+        '# HELP a_total help\n# TYPE a_total counter\na_total{x="1"} 1.0\n'
         "# TYPE h histogram\n# TYPE g gauge\ng 2\n"
     )
     assert exported_metric_names(text) == {"a_total", "g"}

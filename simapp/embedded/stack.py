@@ -49,6 +49,7 @@ class EmbeddedStack:
     sink: ManagedProcess | None = None
     workers: list[ManagedProcess] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    _next_index: int = 0
 
     @property
     def log_dir(self) -> Path:
@@ -114,7 +115,9 @@ class EmbeddedStack:
         self, index: int | None = None, wait: bool = True, **overrides: Any
     ) -> ManagedProcess:
         """Start `faust -A simapp worker` with the stack's settings (+ overrides)."""
-        index = len(self.workers) if index is None else index
+        if index is None:  # a fresh index (and datadir) unless a restart asks for its old one
+            index = self._next_index
+        self._next_index = max(self._next_index, index + 1)
         port = int(overrides.pop("metrics_port", 0)) or free_port(HOST)
         env = self.worker_env(index, metrics_port=port, **overrides)
         proc = spawn(

@@ -1,0 +1,409 @@
+"""The LLM path under pressure, end to end: real `faust -A simapp worker` processes, Tansu,
+LiteLLM over HTTP to the mock provider, summaries POSTed to the sink.
+
+What is proved here (ARCHITECTURE.md, "Decisions"): the provider sees at most the stated
+1 s window bound and no 429 when our budget equals its limit (one worker, and two workers sharing
+a global budget); a 429 with Retry-After pauses the whole model for at least the advised time;
+the circuit breaker opens after consecutive 5xx, sends nothing while open, lets one probe
+through and recovers without a burst; hung calls are cut at LLM_TIMEOUT and retried; a 401 ends
+the simulation at once with `llm_error`. The first section checks the Retry-After parsing and
+LiteLLM's error shapes without a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from simapp.config import Settings, load_settings
+from simapp.embedded.stack import http_json, http_text
+from simapp.llm_client import headers_of, retry_after_seconds, status_of
+from simapp.ratelimit import window_bound
+from tests.helpers import events_for, send_events, wait_until
+
+pytestmark = pytest.mark.slow
+
+MODEL = "gpt-4"  # the catalogue's default model; the simulated user uses it too
+NORMAL_ENDS = {"completed", "max_iterations"}
+
+
+# ------------------------------------------------------------------ no broker: parsing
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"Retry-After": "2"}, 2.0),  # a plain dict with HTTP's own spelling
+        ({"retry-after": "0.25"}, 0.25),
+        ({"retry-after": "-3"}, 0.0),
+        ({"retry-after-ms": "1500"}, 1.5),
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),  # the precise one wins
+        ({"x-ratelimit-reset-requests": "1s"}, 1.0),
+        ({"x-ratelimit-reset-requests": "20ms"}, 0.02),
+        ({"x-ratelimit-reset-requests": "6m0s"}, 360.0),
+        ({"x-ratelimit-reset-requests": "1m30.5s"}, 90.5),
+        ({"x-ratelimit-reset-tokens": "0.5"}, 0.5),
+        ({"x-ratelimit-reset-requests": "1h"}, 3600.0),
+        ({"retry-after": "soon", "x-ratelimit-reset-requests": "3s"}, 3.0),
+        ({"x-ratelimit-reset-requests": "1.2.3s"}, None),  # garbage is ignored, not raised
+        ({"x-ratelimit-reset-requests": "5 parsecs"}, None),
+        ({"content-type": "application/json"}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_retry_after_seconds(headers: Any, expected: float | None) -> None:
+    got = retry_after_seconds(headers)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(expected)
+
+
+def test_retry_after_http_date_and_epoch() -> None:
+    in_3s = datetime.now(UTC) + timedelta(seconds=3)
+    assert retry_after_seconds({"retry-after": format_datetime(in_3s, usegmt=True)}) == (
+        pytest.approx(3.0, abs=1.1)
+    )
+    past = datetime.now(UTC) - timedelta(minutes=5)
+    assert retry_after_seconds({"retry-after": format_datetime(past, usegmt=True)}) == 0.0
+    # x-ratelimit-reset as a Unix time (GitHub style) is not "55 years from now"
+    assert retry_after_seconds({"x-ratelimit-reset": str(int(time.time()) + 4)}) == (
+        pytest.approx(4.0, abs=1.1)
+    )
+
+
+def test_retry_after_httpx_headers() -> None:
+    import httpx
+
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "7"})) == 7.0
+
+
+@pytest.mark.parametrize("route", ["openai", "aiohttp_openai"])
+def test_litellm_error_shapes_are_classified(route: str) -> None:
+    """Both LiteLLM routes allowed by LLM_ROUTE, against the real mock server in-process: the
+    429's status and Retry-After, and a 401, must be seen as what they are on the wire."""
+    from simapp.embedded.mock_llm import MockConfig, serve
+    from simapp.llm_client import LLMClient, import_litellm
+
+    async def scenario() -> tuple[list, list]:
+        runner, port = await serve(
+            MockConfig(latency_ms=1, force_429_count=1, retry_after_s=2, api_key="right")
+        )
+        litellm = import_litellm(10)
+        base = f"http://127.0.0.1:{port}/v1"
+        seen = []
+        try:
+            for key in ("right", "wrong"):  # the first call is the forced 429
+                try:
+                    await litellm.acompletion(
+                        model=f"{route}/{MODEL}",
+                        messages=[{"role": "user", "content": "hi"}],
+                        api_base=base,
+                        api_key=key,
+                        timeout=5,
+                        max_retries=0,
+                    )
+                except Exception as exc:
+                    seen.append((status_of(exc), retry_after_seconds(headers_of(exc))))
+            # the whole client: a 401 fails at once (no retries, one request on the wire)
+            settings = load_settings(
+                llm_backend_url=base, llm_api_key="wrong", llm_route=route, llm_retry_attempts=3
+            )
+            client = LLMClient(settings, _NoBudget(), _NoBreaker())
+            outcome = []
+            try:
+                await client.complete(MODEL, [{"role": "user", "content": "hi"}])
+            except Exception as exc:
+                outcome.append((type(exc).__name__, getattr(exc, "end_reason", None), str(exc)))
+            async with __import__("aiohttp").ClientSession() as session:
+                async with session.get(f"{base[:-3]}/stats") as resp:
+                    outcome.append((await resp.json())["requests"])
+        finally:
+            await runner.cleanup()
+        return seen, outcome
+
+    seen, outcome = asyncio.run(scenario())
+    assert seen == [(429, 2.0), (401, None)]
+    (name, end_reason, text), requests = outcome
+    assert (name, end_reason) == ("LLMError", "llm_error")
+    assert "401" in text
+    assert "wrong" not in text  # the API key never ends up in a summary
+    assert requests == 3  # 429 + 401 above, then exactly one for the client
+
+
+class _NoBudget:
+    async def acquire(self, model: str, est_tokens: int = 0) -> float:
+        return 0.0
+
+    def pause(self, model: str, seconds: float) -> None:
+        pass
+
+    def record_tokens(self, model: str, tokens: int) -> None:
+        pass
+
+
+class _NoBreaker:
+    async def call(self, fn: Any, deadline: float | None = None) -> Any:
+        return await fn()
+
+
+# ------------------------------------------------------------------ end to end helpers
+def mock_config(stack: Any, **fields: Any) -> dict:
+    return http_json(f"{stack.mock_url}/admin/config", fields)
+
+
+def mock_stats(stack: Any, detail: bool = False) -> dict:
+    return http_json(f"{stack.mock_url}/stats" + ("?detail=1" if detail else ""))
+
+
+def delivered(stack: Any, ids: set[str]) -> dict[str, dict]:
+    """The last delivery per simulation id among `ids`."""
+    return {i["simulation_id"]: i for i in stack.sink_items() if i.get("simulation_id") in ids}
+
+
+def wait_delivered(stack: Any, ids: set[str], timeout: float) -> dict[str, dict]:
+    wait_until(lambda: len(delivered(stack, ids)) == len(ids), timeout)
+    got = delivered(stack, ids)
+    assert set(got) == ids, f"{len(ids) - len(got)} of {len(ids)} summaries never arrived"
+    return got
+
+
+def metric(worker: Any, name: str, **labels: str) -> float:
+    """Sum of the worker's samples `name` whose labels include `labels` (0 when absent)."""
+    text = http_text(f"http://127.0.0.1:{worker.port}/metrics")
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def log_records(worker: Any, offset: int) -> list[dict]:
+    """The worker's JSON log records written after byte `offset` (log files are reused)."""
+    with open(worker.log_path, "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode(errors="replace").splitlines()
+    out = []
+    for line in lines:
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def log_size(worker: Any) -> int:
+    return worker.log_path.stat().st_size if worker.log_path.exists() else 0
+
+
+def check_summaries(items: dict[str, dict]) -> int:
+    """Every summary ended normally; returns the LLM calls they made in total."""
+    for item in items.values():
+        assert item["end_reason"] in NORMAL_ENDS, item.get("error")
+        assert item["total_iterations"] >= 1
+    return sum(item["usage"]["llm_calls"] for item in items.values())
+
+
+def bound_for(rps: float) -> int:
+    """The 1 s window bound simapp/ratelimit.py states for a configured budget."""
+    margin = Settings.model_fields["llm_rate_safety_margin"].default
+    return window_bound(rps * (1 - margin))
+
+
+# ------------------------------------------------------------------ 1. burst at the limit
+def test_burst_at_the_provider_limit_gets_no_429(stack, ns, workers):
+    mock_config(stack, rps_limit=20)
+    workers.start(llm_rate_limit_rps=20, concurrent_conversations=40)
+    events = events_for(stack, 40, max_iterations=4, seed=11)
+    ids = {e["id"] for e in events}
+    assert send_events(stack, ns, events) == 40
+
+    items = wait_delivered(stack, ids, 120)
+    calls = check_summaries(items)
+    stats = mock_stats(stack)
+    assert "429" not in stats["responses_by_status"], stats["responses_by_status"]
+    assert stats["responses_by_status"] == {"200": calls}  # one request per accounted call
+    assert stats["requests"] == calls
+    bound = bound_for(20)
+    assert bound <= 20
+    assert stats["max_1s_window"] <= bound
+    # and the burst really ran at the limit, not politely below it
+    assert stats["max_1s_window"] >= bound - 3
+
+
+# ------------------------------------------------------------------ 2. a shared global budget
+def test_two_workers_share_a_global_budget(stack, ns, workers):
+    mock_config(stack, rps_limit=20)
+    common = {
+        "llm_global_rate_limit_rps": 20,
+        "llm_rate_limit_rps": 1000,  # the per-instance budget must not matter here
+        "concurrent_conversations": 40,
+    }
+    pair = []
+    for _ in range(2):
+        worker = workers.start(wait=False, **common)
+        pair.append((worker, log_size(worker)))
+    stack.wait_workers_ready(timeout=60)
+
+    def shares() -> list[float] | None:
+        found = []
+        for worker, offset in pair:
+            latest = [
+                float(r["msg"].split()[3])
+                for r in log_records(worker, offset)
+                if r.get("msg", "").startswith("rate budget share ")
+            ]
+            if not latest:
+                return None
+            found.append(latest[-1])
+        return found
+
+    settled = wait_until(lambda: (s := shares()) and all(x > 0 for x in s) and s, 60)
+    assert settled, f"the two workers never split the partitions: {shares()}"
+    assert sum(settled) == pytest.approx(1.0)
+
+    events = events_for(stack, 60, max_iterations=4, seed=12)
+    ids = {e["id"] for e in events}
+    assert send_events(stack, ns, events) == 60
+    items = wait_delivered(stack, ids, 150)
+    calls = check_summaries(items)
+
+    stats = mock_stats(stack)
+    assert "429" not in stats["responses_by_status"], stats["responses_by_status"]
+    assert stats["max_1s_window"] <= 20
+    assert stats["requests"] >= calls
+    # the work (and so the budget) really was split between the two processes
+    for worker, offset in pair:
+        outcomes = [r for r in log_records(worker, offset) if r.get("outcome") == "delivered"]
+        assert outcomes, f"{worker.name} delivered nothing"
+    assert sum(shares() or []) <= 1.0 + 1e-9
+
+
+# ------------------------------------------------------------------ 3. a 429 storm
+def test_429_storm_pauses_the_model_for_retry_after(stack, ns, workers):
+    forced = 30
+    mock_config(stack, force_429_count=forced, retry_after_s=2)
+    worker = workers.start(concurrent_conversations=20)  # budget 200 rps: it is the 429s that pace
+    events = events_for(stack, 15, max_iterations=3, seed=13)
+    ids = {e["id"] for e in events}
+    send_events(stack, ns, events)
+
+    items = wait_delivered(stack, ids, 150)
+    calls = check_summaries(items)
+    stats = mock_stats(stack, detail=True)
+    limited = stats["rate_limited_times"]
+    admitted = stats["admitted_times_by_model"][MODEL]
+    assert len(limited) == forced
+    assert stats["responses_by_status"] == {"429": forced, "200": calls}
+    tol = 0.05
+    # nobody got through before the first Retry-After had run out ...
+    assert min(admitted) >= limited[0] + 2 - tol, (limited[:3], sorted(admitted)[:3])
+    # ... and after every 429, nothing was admitted until its 2 s were over, except requests
+    # that were already on the wire when the worker read the 429 (a short grace)
+    for at in limited:
+        early = [t for t in admitted if at + 0.5 < t < at + 2 - tol]
+        assert not early, f"429 at {at:.3f}s, yet admitted at {early[:5]}"
+    # the 429s came in waves at least Retry-After apart, not as a stream of retries
+    waves = [limited[0]] + [b for a, b in zip(limited, limited[1:], strict=False) if b - a > 0.5]
+    assert all(b - a >= 2 - tol for a, b in zip(waves, waves[1:], strict=False)), waves
+    assert len(waves) < forced  # a wave holds several callers: they waited together
+    assert metric(worker, "llm_rate_limited_total", model=MODEL) == forced
+    assert metric(worker, "llm_api_errors_total", type="rate_limited") == forced
+
+
+# ------------------------------------------------------------------ 4. circuit breaker
+def test_breaker_opens_stays_quiet_then_probes_and_recovers(stack, ns, workers):
+    mock_config(stack, fail_next=5, latency_ms=30, latency_jitter_ms=0, rps_limit=20)
+    worker = workers.start(
+        llm_rate_limit_rps=20,
+        breaker_fail_max=5,
+        breaker_reset_timeout=3,
+        llm_retry_attempts=6,
+        concurrent_conversations=20,
+    )
+    events = events_for(stack, 20, max_iterations=3, seed=14)
+    ids = {e["id"] for e in events}
+    send_events(stack, ns, events)
+
+    items = wait_delivered(stack, ids, 150)
+    calls = check_summaries(items)
+    stats = mock_stats(stack, detail=True)
+    admitted = sorted(stats["admitted_times"])
+    assert stats["responses_by_status"] == {"500": 5, "200": calls}
+    # a 50 ms grid and 30 ms answers: the first five requests are the five 500s, in order
+    fifth = admitted[4]
+    late = [t for t in admitted if t > fifth + 0.5]
+    # open: nothing reached the backend (only requests already sent when it opened may follow
+    # the fifth failure closely)
+    quiet = [t for t in late if t < fifth + 3 - 0.1]
+    assert not quiet, f"requests while the breaker was open: {quiet[:5]} (5th 500 at {fifth})"
+    probe = late[0]
+    assert fifth + 3 - 0.1 <= probe <= fifth + 10
+    # half-open: the probe went alone; the next request only after it had succeeded
+    assert late[1] >= probe + 0.025, (probe, late[1:3])
+    # closing did not release a burst of everyone who waited
+    assert "429" not in stats["responses_by_status"]
+    assert stats["max_1s_window"] <= bound_for(20)
+    assert metric(worker, "circuit_breaker_state") == 0
+    assert metric(worker, "llm_api_errors_total", type="server_error") == 5
+
+
+# ------------------------------------------------------------------ 5. hanging backend
+def test_hung_calls_are_cut_at_llm_timeout_and_retried(stack, ns, workers):
+    mock_config(stack, hang_rate=1.0)
+    worker = workers.start(
+        llm_timeout=1,
+        llm_retry_attempts=5,
+        breaker_fail_max=100,  # this test is about timeouts, not the breaker
+        concurrent_conversations=10,
+    )
+    events = events_for(stack, 6, max_iterations=2, seed=15)
+    ids = {e["id"] for e in events}
+    send_events(stack, ns, events)
+    # every conversation's first call hangs; heal the backend before their retries
+    assert wait_until(lambda: mock_stats(stack)["hung"] >= 6, 60, interval=0.05)
+    mock_config(stack, hang_rate=0.0)
+
+    items = wait_delivered(stack, ids, 120)
+    check_summaries(items)
+    stats = mock_stats(stack, detail=True)
+    hung = stats["hung"]
+    assert hung >= 6
+    admitted = sorted(stats["admitted_times"])
+    # the hung calls were cut at LLM_TIMEOUT (1 s), not before, not at LiteLLM's 600 s
+    first_retry = admitted[hung]
+    assert 1.0 - 0.1 <= first_retry - admitted[0] <= 6.0, admitted[: hung + 2]
+    assert wait_until(lambda: mock_stats(stack)["in_flight"] == 0, 10, interval=0.2)
+    assert metric(worker, "llm_api_errors_total", type="timeout") == hung
+
+
+# ------------------------------------------------------------------ 6. 401
+def test_unauthorized_ends_at_once_with_llm_error(stack, ns, workers):
+    mock_config(stack, api_key="other")
+    worker = workers.start()
+    events = events_for(stack, 5, max_iterations=4, seed=16)
+    ids = {e["id"] for e in events}
+    send_events(stack, ns, events)
+
+    items = wait_delivered(stack, ids, 90)
+    for item in items.values():
+        assert item["end_reason"] == "llm_error"
+        error = item["error"]
+        assert "401" in error and "authentication" in error.lower(), error
+        assert stack.api_key not in error
+        assert item["total_iterations"] == 0
+        assert [m["role"] for m in item["conversation_history"]] == ["system", "user"]
+    stats = mock_stats(stack)
+    assert stats["requests"] == 5  # exactly one request per simulation: no retries
+    assert stats["responses_by_status"] == {"401": 5}
+    assert metric(worker, "llm_api_errors_total", type="fatal") == 5
+    assert metric(worker, "circuit_breaker_state") == 0  # a 401 is not the backend failing

@@ -1,0 +1,326 @@
+"""End-to-end: batch progress through real workers on the embedded stack (Tansu + mock LLM).
+
+One stack for the module; every test has its own topics and consumer group. What we prove:
+- with 2 workers, `/progress/{batch}/` on either worker reaches completed = N, remaining = 0,
+  counts never exceed N and never go backwards; `/progress/` lists the batch once; the
+  Prometheus gauges are exported by the owner only;
+- repeated and malformed progress messages are skipped (no double counting, agent survives);
+- SIGTERM of the worker owning the batch mid-batch and a restart with the same data dir:
+  progress continues, never resets to a lower count, never exceeds N, ends at N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from simapp.catalogue import make_events
+from simapp.config import load_settings
+from simapp.embedded.processes import ManagedProcess
+from simapp.embedded.stack import EmbeddedStack, http_text
+from simapp.follow import get_json
+from simapp.producer import encode_event, produce
+
+pytestmark = pytest.mark.slow
+
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="module")
+def progress_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    stack = EmbeddedStack(
+        workdir=tmp_path_factory.mktemp("progress-stack"),
+        mock_args=["--latency-ms", "50", "--latency-jitter-ms", "10"],
+        partitions=PARTITIONS,
+    )
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+class Group:
+    """Workers of one test: own topics and consumer group; stopped at the end."""
+
+    def __init__(self, stack: EmbeddedStack, **extra: Any) -> None:
+        self.stack = stack
+        self.tag = uuid.uuid4().hex[:8]
+        self.overrides: dict[str, Any] = {
+            "kafka_topic": f"events-{self.tag}",
+            "results_topic": f"results-{self.tag}",
+            "dlq_topic": f"dlq-{self.tag}",
+            "progress_topic": f"progress-{self.tag}",
+            "checkpoint_topic": f"checkpoints-{self.tag}",
+            "kafka_consumer_group": f"progress-{self.tag}",
+            "concurrent_conversations": 20,
+            "llm_rate_limit_rps": 200,
+            "shutdown_grace_seconds": 5,
+            **extra,
+        }
+        self.workers: list[ManagedProcess] = []
+
+    def start(self, index: int, wait: bool = True) -> ManagedProcess:
+        datadir = self.stack.workdir / f"w-{self.tag}-{index}"
+        params = dict(self.overrides, worker_datadir=str(datadir))
+        worker = self.stack.start_worker(index, wait=wait, **params)
+        self.workers.append(worker)
+        return worker
+
+    def live(self) -> list[ManagedProcess]:
+        return [w for w in self.workers if w.alive()]
+
+    def settings(self) -> Any:
+        keys = ("kafka_topic", "results_topic", "dlq_topic", "progress_topic", "checkpoint_topic")
+        return load_settings(
+            kafka_bootstrap_servers=self.stack.bootstrap,
+            kafka_partitions=self.stack.partitions,
+            **{k: self.overrides[k] for k in keys},
+        )
+
+    def send_batch(self, count: int, batch_id: str) -> list[dict]:
+        events = make_events(count, callback_url=f"{self.stack.sink_url}/callback",
+                             batch_id=batch_id, max_iterations=6, seed=count)
+        sent = asyncio.run(produce(self.settings(), [encode_event(e) for e in events]))
+        assert sent == count
+        return events
+
+    def send_progress(self, batch_id: str, values: list[Any]) -> None:
+        records = [
+            (batch_id.encode(), v if isinstance(v, bytes) else json.dumps(v).encode())
+            for v in values
+        ]
+        asyncio.run(produce(self.settings(), records, topic=self.overrides["progress_topic"]))
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.signal(15)
+        for w in self.workers:
+            w.stop(timeout=45)
+        self.stack.workers = [w for w in self.stack.workers if w not in self.workers]
+
+
+@pytest.fixture
+def group(progress_stack: EmbeddedStack) -> Iterator[Group]:
+    g = Group(progress_stack)
+    try:
+        yield g
+    finally:
+        g.stop()
+
+
+def batch_view(worker: ManagedProcess, batch_id: str) -> tuple[int, Any]:
+    return get_json(f"http://127.0.0.1:{worker.port}/progress/{batch_id}/", timeout=20)
+
+
+class Watcher(threading.Thread):
+    """Polls /progress/{batch}/ on every live worker of a group; records what it saw."""
+
+    def __init__(self, group: Group, batch_id: str, interval: float = 0.3) -> None:
+        super().__init__(daemon=True)
+        self.group, self.batch_id, self.interval = group, batch_id, interval
+        self.seen: list[tuple[float, int, int, dict]] = []  # (t, port, status, body)
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            for w in self.group.live():
+                status, body = batch_view(w, self.batch_id)
+                self.seen.append((time.monotonic(), w.port or 0, status, body or {}))
+            self.halt.wait(self.interval)
+
+    def views(self) -> list[dict]:
+        return [b for _, _, s, b in self.seen if s == 200]
+
+    def max_completed(self) -> int:
+        return max((v["completed"] for v in self.views()), default=0)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=60)
+
+
+def assert_sane_and_monotonic(views: list[dict], n: int) -> None:
+    """Counts never exceed N and never go backwards (in the order they were answered)."""
+    assert views, "no progress answer at all"
+    best_completed = best_finished = 0
+    for v in views:
+        finished = v["completed"] + v["failed"]
+        assert v["completed"] <= n and finished <= n, v
+        assert v["total"] == n, v  # batch_size is on every event, so the total is known at once
+        assert v["remaining"] == n - finished, v
+        assert v["completed"] >= best_completed, f"completed went back: {best_completed} -> {v}"
+        assert finished >= best_finished, f"finished went back: {best_finished} -> {v}"
+        best_completed, best_finished = v["completed"], finished
+
+
+def wait_done(group: Group, batch_id: str, n: int, timeout: float) -> dict[int, dict]:
+    """Until every live worker answers completed = n for the batch; their answers."""
+    deadline = time.monotonic() + timeout
+    answers: dict[int, dict] = {}
+    while time.monotonic() < deadline:
+        answers = {}
+        for w in group.live():
+            status, body = batch_view(w, batch_id)
+            if status == 200:
+                answers[w.port or 0] = body
+        if answers and len(answers) == len(group.live()) and all(
+            a["completed"] == n and a["remaining"] == 0 for a in answers.values()
+        ):
+            return answers
+        time.sleep(0.5)
+    raise AssertionError(f"batch {batch_id} not done in {timeout}s: {answers}")
+
+
+def gauge(worker: ManagedProcess, name: str, batch_id: str) -> float | None:
+    text = http_text(f"http://127.0.0.1:{worker.port}/metrics")
+    prefix = f'{name}{{batch_id="{batch_id}"}} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):])
+    return None
+
+
+def test_two_workers_report_the_same_complete_batch(group: Group) -> None:
+    n = 60
+    for i in range(2):
+        group.start(i, wait=False)
+    group.stack.wait_workers_ready()
+    batch_id = f"b2w-{group.tag}"
+    watcher = Watcher(group, batch_id)
+    watcher.start()
+    try:
+        group.send_batch(n, batch_id)
+        answers = wait_done(group, batch_id, n, timeout=120)
+    finally:
+        watcher.stop()
+    assert len(answers) == 2
+    for a in answers.values():
+        assert (a["total"], a["completed"], a["failed"], a["in_flight"]) == (n, n, 0, 0)
+        assert a["done"] and a["percent"] == 100.0 and a["eta_seconds"] == 0.0
+        assert sum(a["end_reasons"].values()) == n and a["duplicates"] >= 0
+        assert a["duration_p50_s"] is not None and a["duration_p95_s"] >= a["duration_p50_s"]
+        assert a["rate"] > 0
+    # both answers come from the one owner of the batch
+    assert len({a["worker"] for a in answers.values()}) == 1
+    assert_sane_and_monotonic(watcher.views(), n)
+
+    # the list view, asked on either worker, has the batch exactly once and all members
+    for w in group.live():
+        status, body = get_json(f"http://127.0.0.1:{w.port}/progress/", timeout=20)
+        assert status == 200 and body["complete"] is True, body
+        mine = [b for b in body["batches"] if b["batch_id"] == batch_id]
+        assert len(mine) == 1 and mine[0]["completed"] == n
+        assert sorted(p for wk in body["workers"] for p in wk["partitions"]) == list(
+            range(PARTITIONS)
+        )
+    # unknown batch: a JSON 404 from the owner, through either worker
+    for w in group.live():
+        status, body = batch_view(w, f"nope-{group.tag}")
+        assert status == 404 and body["error"] == "unknown batch"
+
+    # gauges: exported by the worker owning the batch, and by it only
+    owner_url = next(iter(answers.values()))["worker"]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if any(gauge(w, "remaining_simulations", batch_id) == 0 for w in group.live()):
+            break
+        time.sleep(0.5)
+    for w in group.live():
+        owner = owner_url.endswith(f":{w.port}")
+        assert gauge(w, "total_simulations", batch_id) == (n if owner else None)
+        assert gauge(w, "remaining_simulations", batch_id) == (0 if owner else None)
+
+
+def test_repeated_and_malformed_progress_messages(group: Group) -> None:
+    group.start(0)
+    batch_id = f"syn-{group.tag}"
+    now = time.time()
+
+    def m(kind: str, sim: str, reason: str | None = None, dt: float = 0.0) -> dict:
+        return {"batch_id": batch_id, "kind": kind, "simulation_id": sim, "reason": reason,
+                "batch_size": 6, "duration_ms": 1500 if kind != "consumed" else None,
+                "at": now + dt}
+
+    sims = [f"s{i}" for i in range(1, 7)]
+    first = [m("consumed", s) for s in sims]
+    first += [b"not json", b"[1, 2]", json.dumps({"batch_id": batch_id, "kind": "nope"}).encode()]
+    first += [m("completed", s, "completed", 1 + i) for i, s in enumerate(sims[:5])]
+    group.send_progress(batch_id, first)
+    # a crash/redelivery repeats messages; a later outcome of a finished simulation is ignored
+    again = [m("consumed", "s1"), m("completed", "s1", "completed", 9),
+             m("completed", "s2", "completed", 9), m("failed", "s3", "callback_failed", 9),
+             m("failed", "s6", "llm_error", 10), m("failed", "s6", "llm_error", 11)]
+    group.send_progress(batch_id, again)
+    worker = group.workers[0]
+    deadline = time.monotonic() + 60
+    body: Any = None
+    while time.monotonic() < deadline:
+        status, body = batch_view(worker, batch_id)
+        if status == 200 and body["done"] and body["duplicates"] >= 5:
+            break
+        time.sleep(0.5)
+    assert body is not None and body["done"], body
+    assert (body["consumed"], body["completed"], body["failed"]) == (6, 5, 1)
+    assert body["failed_by_reason"] == {"llm_error": 1}
+    assert body["end_reasons"] == {"completed": 5}
+    assert body["duplicates"] == 5 and body["in_flight"] == 0 and body["remaining"] == 0
+    assert worker.alive()
+
+
+def test_restart_of_the_owner_mid_batch_keeps_counting(group: Group) -> None:
+    n = 60
+    # a slower pace so the batch is still running when the owner is stopped
+    group.overrides.update(llm_rate_limit_rps=25, concurrent_conversations=10)
+    for i in range(2):
+        group.start(i, wait=False)
+    group.stack.wait_workers_ready()
+    batch_id = f"brs-{group.tag}"
+    watcher = Watcher(group, batch_id)
+    watcher.start()
+    t0 = time.monotonic()
+
+    def note(what: str) -> None:  # shown by pytest when the test fails
+        print(f"{time.monotonic() - t0:6.1f}s {what} (max completed {watcher.max_completed()})")
+
+    try:
+        group.send_batch(n, batch_id)
+        note("batch sent")
+        deadline = time.monotonic() + 90
+        while watcher.max_completed() < n // 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        at_stop = watcher.max_completed()
+        assert n // 4 <= at_stop < n, f"batch not mid-way when stopping: {at_stop}"
+        owner_url = watcher.views()[-1]["worker"]
+        owner = next(w for w in group.live() if owner_url.endswith(f":{w.port}"))
+        index = owner.extra["index"]
+        note(f"stopping the owner, worker {index}")
+        code = owner.stop(timeout=45)  # SIGTERM; the other worker takes over the partitions
+        note(f"owner stopped with {code}")
+        assert code is not None
+        replacement = group.start(index)  # same WORKER_DATADIR: RocksDB state is reused
+        note("replacement started")
+        assert replacement.extra["env"]["WORKER_DATADIR"] == owner.extra["env"]["WORKER_DATADIR"]
+        answers = wait_done(group, batch_id, n, timeout=180)
+        note("done on every worker")
+    finally:
+        watcher.stop()
+    views = watcher.views()
+    assert_sane_and_monotonic(views, n)
+    assert max(v["completed"] for v in views) == n
+    # the progress went on after the stop (not everything was done before it)
+    assert any(v["completed"] > at_stop for v in views)
+    for a in answers.values():
+        assert (a["completed"], a["failed"], a["consumed"], a["in_flight"]) == (n, 0, n, 0)
+    # every simulation was delivered to the sink at least once
+    ids = {e["id"] for e in make_events(n, callback_url="x", batch_id=batch_id,
+                                        max_iterations=6, seed=n)}
+    delivered = set(group.stack.sink_ids()) & ids
+    assert delivered == ids
