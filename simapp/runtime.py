@@ -161,14 +161,14 @@ class Runtime:
                 self.settings.llm_global_rate_limit_rps,
             )
 
-    async def checkpoints_caught_up(self, timeout: float = 15.0) -> None:
+    async def checkpoints_caught_up(self, limit: float = 15.0) -> None:
         """Wait, once per assignment, until the checkpoint agent has applied everything already
         in the checkpoint partitions we own, so a redelivered event sees whether its simulation
         was finished or where it stopped, instead of a stale table row."""
         if self._caught_up or self.simulations is None:
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + limit
         consumer = self.app.consumer
         topic = self.settings.checkpoint_topic
         pending = {tp for tp in consumer.assignment() if tp.topic == topic}
@@ -184,7 +184,7 @@ class Runtime:
             if pending:
                 await asyncio.sleep(0.05)
         if pending:
-            log.warning("checkpoint partitions %s not caught up after %.0fs", pending, timeout)
+            log.warning("checkpoint partitions %s not caught up after %.0fs", pending, limit)
         self._caught_up.add(1)
 
     def on_revoke(self) -> None:

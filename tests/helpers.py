@@ -169,7 +169,7 @@ class HoldingReceiver:
             body = await request.json()
             sim_id = body.get("simulation_id")
             self.attempts.append(sim_id)
-            while self.hold:
+            while self.hold:  # noqa: ASYNC110 - flipped from another thread
                 await asyncio.sleep(0.1)
             transport = request.transport
             if transport is None or transport.is_closing():
