@@ -475,6 +475,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         me = psutil.Process()
         me0 = sum(me.cpu_times()[:2])
         sys0 = system_busy_seconds()
+        metrics0 = worker_metrics(stack)
         t0_wall, t0 = time.time(), time.monotonic()
         sent = asyncio.run(produce(settings, records))
         produced_s = time.monotonic() - t0
@@ -488,6 +489,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         me1 = sum(me.cpu_times()[:2])
         sys1 = system_busy_seconds()
         peaks = rss.stop()
+        metrics1 = worker_metrics(stack)
 
         last = last_delivery_at(stack)
         wall = (last - t0_wall) if last is not None else detected
@@ -528,6 +530,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         other_cpu["driver"] = round(me1 - me0, 2)
         ours = total_cpu + sum(other_cpu.values())
         busy = sys1["busy"] - sys0["busy"]
+        result["worker_view"] = worker_view(metrics0, metrics1)
         result["cpu_seconds_during_run"] = {
             "workers": round(total_cpu, 2),
             **other_cpu,
@@ -550,6 +553,31 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         stack.stop()
         print(f"logs: {stack.log_dir}", flush=True)
+
+
+def worker_view(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """What the workers' own metrics say about the measured part (summed over workers):
+    the LLM call time they saw (mock latency + their own event-loop delay) and the time spent
+    waiting for the rate budget, per successful call."""
+
+    def total(prefix: str) -> float:
+        return sum(v for k, v in after.items() if k.startswith(prefix)) - sum(
+            v for k, v in before.items() if k.startswith(prefix)
+        )
+
+    calls = total("llm_api_latency_seconds_count")
+    return {
+        "llm_calls": int(calls),
+        "mean_llm_call_s": round(total("llm_api_latency_seconds_sum") / calls, 3)
+        if calls
+        else None,
+        "mean_rate_wait_s": round(total("llm_rate_limit_wait_seconds_total") / calls, 3)
+        if calls
+        else None,
+        "llm_errors": int(total("llm_api_errors_total")),
+        "callback_attempts": int(total("callback_attempts_total")),
+        "kafka_commits": int(total("kafka_commits_succeeded_total")),
+    }
 
 
 def command_args(argv: list[str]) -> list[str]:
@@ -677,6 +705,8 @@ def print_summary(r: dict[str, Any]) -> None:
         ("ratio simapp / bare", r["cpu_ratio_vs_bare"]),
         ("peak RSS MB per worker", r["worker_peak_rss_mb"]),
         ("simulation p50 / p95", f"{r['p50_duration_s']} s / {r['p95_duration_s']} s"),
+        ("workers' view per LLM call", f"{r['worker_view']['mean_llm_call_s']} s in the call, "
+                                       f"{r['worker_view']['mean_rate_wait_s']} s budget wait"),
         ("CPU-s during run", r["cpu_seconds_during_run"]),
     ]  # fmt: skip
     print("=" * 72)
