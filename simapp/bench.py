@@ -42,7 +42,8 @@ from simapp.catalogue import make_events
 from simapp.config import load_settings
 from simapp.embedded.run import bar, build_report, dead_letters_by_reason, worker_metrics
 from simapp.embedded.stack import EmbeddedStack, http_json
-from simapp.producer import encode_event, produce
+from simapp.kafka_admin import ensure_topics
+from simapp.producer import all_topic_names, encode_event, produce
 
 ROOT = Path(__file__).resolve().parents[1]
 if not (ROOT / "pyproject.toml").exists():  # installed, not a checkout: use the cwd
@@ -432,6 +433,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     try:
         print(f"starting embedded stack in {workdir} ...", flush=True)
         stack.start()
+        settings = load_settings(
+            kafka_bootstrap_servers=stack.bootstrap, kafka_partitions=args.partitions
+        )
+        # Before any worker subscribes: Tansu auto-creates a missing topic with 4 partitions,
+        # which would halve each worker's share of the global budget (its share is owned/total
+        # event partitions) and crash the table agents (source/changelog partition mismatch).
+        asyncio.run(ensure_topics(stack.bootstrap, all_topic_names(settings), args.partitions))
         overrides = {
             "llm_global_rate_limit_rps": args.rps,
             "llm_rate_limit_rps": args.rps,
@@ -453,9 +461,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             f"route {args.route}); mock latency {args.latency_ms}±{args.jitter_ms} ms, "
             f"limit {mock_limit or 'none'} rps",
             flush=True,
-        )
-        settings = load_settings(
-            kafka_bootstrap_servers=stack.bootstrap, kafka_partitions=args.partitions
         )
         events = make_events(
             args.count,
@@ -531,6 +536,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ours = total_cpu + sum(other_cpu.values())
         busy = sys1["busy"] - sys0["busy"]
         result["worker_view"] = worker_view(metrics0, metrics1)
+        result["worker_log_problems"] = log_problems(stack)
         result["cpu_seconds_during_run"] = {
             "workers": round(total_cpu, 2),
             **other_cpu,
@@ -578,6 +584,35 @@ def worker_view(before: dict[str, float], after: dict[str, float]) -> dict[str, 
         "callback_attempts": int(total("callback_attempts_total")),
         "kafka_commits": int(total("kafka_commits_succeeded_total")),
     }
+
+
+def log_problems(stack: EmbeddedStack) -> dict[str, Any]:
+    """Tell-tale lines in the worker logs: a crashed agent or a partition mismatch invalidates
+    a run. `rate_shares` is each worker's last logged share of the global budget (logged at
+    INFO, so it may be missing once LOG_LEVEL=WARNING applies); they should add up to 1."""
+    needles = {
+        "agent_crashed": "Crashed reason=",
+        "partitions_mismatch": "PartitionsMismatch",
+        "error_lines": '"level": "ERROR"',
+    }
+    out: dict[str, Any] = dict.fromkeys(needles, 0)
+    shares: list[float | None] = []
+    for worker in stack.workers:
+        share = None
+        if worker.log_path is not None and worker.log_path.exists():
+            text = worker.log_path.read_text(encoding="utf-8", errors="replace")
+            for line in text.splitlines():
+                for name, needle in needles.items():
+                    if needle in line:
+                        out[name] += 1
+                if "rate budget share" in line:
+                    try:
+                        share = float(line.split("rate budget share", 1)[1].split()[0])
+                    except (IndexError, ValueError):
+                        pass
+        shares.append(share)
+    out["rate_shares"] = shares
+    return out
 
 
 def command_args(argv: list[str]) -> list[str]:
@@ -629,6 +664,12 @@ def doc_row(r: dict[str, Any]) -> str:
     )
     if r.get("note"):
         notes = f"{r['note']}; {notes}"
+    problems = r.get("worker_log_problems") or {}
+    if problems.get("agent_crashed") or problems.get("partitions_mismatch"):
+        notes += (
+            f"; INVALID: {problems.get('agent_crashed')} agent crashes, "
+            f"{problems.get('partitions_mismatch')} partition mismatches in worker logs"
+        )
     failed = [name for name, ok in (r.get("goals") or {}).items() if ok is False]
     if failed:
         notes += "; missed: " + ", ".join(failed)

@@ -362,7 +362,7 @@ class Runtime:
         state: dict | None = None,
         outcome: str | None = None,
     ) -> None:
-        await self.topics.checkpoints.send(
+        sent = await self.topics.checkpoints.send(
             key=simulation_id.encode(),
             value={
                 "id": simulation_id,
@@ -373,6 +373,10 @@ class Runtime:
                 "outcome": outcome,
             },
         )
+        if status == "done":
+            # Wait for the broker's ack: once the event is acked, only this record tells a
+            # redelivery (after a crash) that the summary already went out.
+            await sent
 
     async def finish(self, event: SimulationEvent, summary: Summary, source: dict) -> str:
         payload = summary.model_dump(mode="json", exclude_none=True)

@@ -41,6 +41,8 @@ EXPECTED_KEYS = {
     "cpu_ratio_vs_bare",
     "cpu_seconds_during_run",
     "goals",
+    "worker_view",
+    "worker_log_problems",
 }
 
 
@@ -68,3 +70,5 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert result["worker_peak_rss_mb"][0] > 0
     assert result["bare"]["ok"] == 100 and result["bare_cpu_s_per_1000_calls"] > 0
     assert result["config"]["concurrency"] == 50
+    problems = result["worker_log_problems"]
+    assert problems["agent_crashed"] == 0 and problems["partitions_mismatch"] == 0, problems
