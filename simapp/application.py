@@ -106,9 +106,14 @@ app, topics = create_app(settings)
 @app.task
 async def _configure_logging() -> None:
     """Runs at worker start, after Faust set up its log handlers: apply LOG_FORMAT/LOG_LEVEL."""
+    import logging
+
     from simapp import logs
+    from simapp.config import sizing_warnings
 
     logs.configure(settings.log_format, settings.log_level)
+    for warning in sizing_warnings(settings):
+        logging.getLogger("simapp.sizing").warning(warning)
 
 
 # Agents, tables, views and commands register themselves on import.

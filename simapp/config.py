@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     llm_model_rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     llm_tpm_limit: int | None = Field(None, gt=0)
     llm_rate_safety_margin: float = Field(0.02, ge=0, lt=0.5)
+    llm_expected_latency: float = Field(
+        1.0, gt=0, description="typical provider latency (s), used to check sizing at start-up"
+    )
     llm_backoff_max: float = Field(16.0, gt=0)
     breaker_fail_max: int = Field(5, ge=1)
     breaker_reset_timeout: float = Field(60.0, gt=0)
@@ -145,6 +148,28 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.broker_profile is BrokerProfile.embedded
+
+
+def sizing_warnings(settings: Settings, workers_hint: int = 1) -> list[str]:
+    """Little's law: to keep R requests/s going at latency L, about R x L calls must be in
+    flight. Each conversation has at most one call in flight, and each call needs a socket."""
+    rate = settings.llm_rate_limit_rps
+    if settings.llm_global_rate_limit_rps:
+        rate = min(rate, settings.llm_global_rate_limit_rps / max(1, workers_hint))
+    needed = rate * settings.llm_expected_latency
+    warnings = []
+    if settings.concurrent_conversations < needed:
+        warnings.append(
+            f"CONCURRENT_CONVERSATIONS={settings.concurrent_conversations} cannot reach "
+            f"{rate:g} requests/s at {settings.llm_expected_latency:g}s latency: about "
+            f"{needed:.0f} conversations must be in flight (rate x latency)"
+        )
+    if settings.llm_connection_pool_size < min(settings.concurrent_conversations, needed):
+        warnings.append(
+            f"LLM_CONNECTION_POOL_SIZE={settings.llm_connection_pool_size} is below the "
+            f"{min(settings.concurrent_conversations, needed):.0f} calls that will be in flight"
+        )
+    return warnings
 
 
 class SettingsError(SystemExit):

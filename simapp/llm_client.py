@@ -187,6 +187,26 @@ class LLMClient:
         # An OpenAI-compatible backend without auth still needs a non-empty key for the SDK.
         self.api_key = key or ("no-key" if self.api_base else None)
         self.route = settings.llm_route if settings.llm_backend_url else None
+        self._first_call: asyncio.Future[None] | None = None
+
+    async def _first_call_gate(self) -> asyncio.Future[None] | None:
+        """Let the process's first LLM call go alone; the others wait for it to finish.
+
+        LiteLLM's first call in a process spends ~1 s initialising (measured: 1.1-1.4 s, part
+        of it awaiting executor threads, part a 0.5 s blocking ABC check in the OpenAI SDK's
+        request building), while later calls are cheap. Callers granted by the rate budget
+        during that time all reach the wire together (measured: 10 grants 50 ms apart arrived
+        within 1 ms), so the first second of every worker broke the 1 s window bound. Waiting
+        here, before the budget is acquired, keeps grants and sends together. Returns the
+        future the first caller must resolve, else None.
+        """
+        fut = self._first_call
+        if fut is None:
+            self._first_call = asyncio.get_running_loop().create_future()
+            return self._first_call
+        if not fut.done():
+            await asyncio.shield(fut)
+        return None
 
     def provider_model(self, model: str) -> str:
         return f"{self.route}/{model}" if self.route else model
@@ -247,11 +267,16 @@ class LLMClient:
         return "connection_error"
 
     async def _attempt(self, model: str, messages: list[dict[str, str]]) -> Completion:
-        waited = await self.budgets.acquire(model)
-        if self.metrics is not None and waited > 0:
-            self.metrics.rate_wait(model, waited)
-        started = time.perf_counter()
-        response = await self.breaker.call(lambda: self._call(model, messages))
+        first = await self._first_call_gate()
+        try:
+            waited = await self.budgets.acquire(model)
+            if self.metrics is not None and waited > 0:
+                self.metrics.rate_wait(model, waited)
+            started = time.perf_counter()
+            response = await self.breaker.call(lambda: self._call(model, messages))
+        finally:
+            if first is not None and not first.done():
+                first.set_result(None)
         if self.metrics is not None:
             self.metrics.llm_call(model, time.perf_counter() - started)
         choice = response.choices[0]

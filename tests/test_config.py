@@ -1,0 +1,58 @@
+"""Settings: seed names and defaults, errors that name the variable, sizing warnings."""
+
+from __future__ import annotations
+
+import pytest
+
+from simapp.config import SettingsError, load_settings, sizing_warnings
+
+
+def test_seed_defaults(monkeypatch):
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "LLM_RATE_LIMIT_RPS", "LLM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    s = load_settings(_env_file=None)
+    assert s.kafka_bootstrap_servers == "localhost:9092"
+    assert s.kafka_topic == "simulation-events"
+    assert s.kafka_consumer_group == "simulation-consumer-group"
+    assert (s.concurrent_conversations, s.llm_rate_limit_rps, s.max_iterations) == (20, 10, 10)
+    assert (s.conversation_timeout, s.llm_timeout, s.llm_retry_attempts) == (300, 30, 3)
+    assert (s.llm_connection_pool_size, s.metrics_port) == (50, 8000)
+    assert s.llm_backend_url is None and s.llm_api_key is None
+
+
+def test_bad_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv("CONCURRENT_CONVERSATIONS", "many")
+    monkeypatch.setenv("LLM_API_KEY", "sk-secret-value")
+    monkeypatch.setenv("LLM_TIMEOUT", "-1")
+    with pytest.raises(SettingsError) as err:
+        load_settings(_env_file=None)
+    text = str(err.value)
+    assert "CONCURRENT_CONVERSATIONS" in text and "LLM_TIMEOUT" in text
+    assert "sk-secret-value" not in text
+
+
+def test_env_lists_and_model_limits(monkeypatch):
+    monkeypatch.setenv("CALLBACK_ALLOWED_HOSTS", "api.example.com, 10.0.0.0/8")
+    monkeypatch.setenv("LLM_MODEL_RATE_LIMITS", "gpt-4=20,claude-3=5")
+    s = load_settings(_env_file=None)
+    assert s.callback_allowed_hosts == ["api.example.com", "10.0.0.0/8"]
+    assert s.llm_model_rate_limits == {"gpt-4": 20.0, "claude-3": 5.0}
+    monkeypatch.setenv("CALLBACK_ALLOWED_HOSTS", "10.0.0.0/33")
+    with pytest.raises(SettingsError, match="CALLBACK_ALLOWED_HOSTS"):
+        load_settings(_env_file=None)
+
+
+def test_sizing_warnings_follow_littles_law():
+    ok = load_settings(
+        _env_file=None,
+        llm_rate_limit_rps=50,
+        concurrent_conversations=100,
+        llm_connection_pool_size=100,
+        llm_expected_latency=1.0,
+    )
+    assert sizing_warnings(ok) == []
+    low = load_settings(
+        _env_file=None, llm_rate_limit_rps=50, concurrent_conversations=20, llm_expected_latency=1.0
+    )
+    (warning,) = sizing_warnings(low)
+    assert "CONCURRENT_CONVERSATIONS=20" in warning and "50" in warning
