@@ -80,3 +80,39 @@ class WorkerFactory:
         for worker in self.started:
             worker.stop(timeout=45)
         self.stack.workers = [w for w in self.stack.workers if w not in self.started]
+
+
+LIVE_RUN_EVENTS = 12
+
+
+@pytest.fixture(scope="session")
+def live_worker_run(stack: EmbeddedStack) -> Iterator[dict]:
+    """A real worker after a small run: its /metrics text and how many events it got."""
+    from simapp.embedded.stack import http_text
+    from tests.helpers import events_for, send_events, wait_until
+
+    ns = Namespace()
+    factory = WorkerFactory(stack, ns)
+    try:
+        worker = factory.start()
+        events = events_for(stack, LIVE_RUN_EVENTS)
+        ids = {e["id"] for e in events}
+        send_events(stack, ns, events)
+        assert wait_until(lambda: ids <= {i["simulation_id"] for i in stack.sink_items()}, 120)
+        url = f"http://127.0.0.1:{worker.port}/metrics"
+
+        def settled() -> str | None:
+            from simapp.embedded.run import parse_prometheus
+
+            text = http_text(url)
+            return text if parse_prometheus(text).get("kafka_commits_succeeded_total") else None
+
+        text = wait_until(settled, 30)
+        yield {"text": text or http_text(url), "count": LIVE_RUN_EVENTS, "worker": worker}
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def live_worker_metrics_text(live_worker_run: dict) -> str:
+    return live_worker_run["text"]

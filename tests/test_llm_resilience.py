@@ -251,6 +251,7 @@ def test_burst_at_the_provider_limit_gets_no_429(stack, ns, workers):
     items = wait_delivered(stack, ids, 120)
     calls = check_summaries(items)
     stats = mock_stats(stack, detail=True)
+    open("/tmp/llmres_burst.jsonl", "a").write(json.dumps(stats) + "\n")  # TEMP
     assert "429" not in stats["responses_by_status"], densest(stats)
     assert stats["responses_by_status"] == {"200": calls}  # one request per accounted call
     assert stats["requests"] == calls
