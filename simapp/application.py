@@ -22,6 +22,24 @@ class SimApp(faust.App):
     """faust.App whose consumer never commits past an in-flight event (see committer.py)."""
 
     safe_commit = True
+    simapp_settings: Settings | None = None
+
+    async def on_first_start(self) -> None:
+        """Create our topics with the configured partition count before anything subscribes:
+        an auto-created topic gets the broker's default (4 on Tansu) and breaks co-partitioning
+        of the tables with their source topics (Faust then crash-loops on PartitionsMismatch)."""
+        await super().on_first_start()
+        s = self.simapp_settings
+        if s is not None:
+            from simapp.kafka_admin import ensure_topics
+            from simapp.producer import all_topic_names
+
+            await ensure_topics(
+                s.kafka_bootstrap_servers,
+                all_topic_names(s),
+                s.kafka_partitions,
+                s.kafka_replication_factor,
+            )
 
     def _new_transport(self) -> Any:
         if not self.safe_commit:  # stock Faust commit rule, kept for before/after measurements
@@ -81,6 +99,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings) -> tuple[SimApp, Topics]:
     app = SimApp(settings.kafka_consumer_group, **faust_config(settings))
     app.safe_commit = settings.safe_commit
+    app.simapp_settings = settings
     SafeCommitConsumer.shutdown_grace = settings.shutdown_grace_seconds
     SafeCommitConsumer.revoke_grace = min(
         settings.shutdown_grace_seconds, float(app.conf.broker_rebalance_timeout) * 0.6

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from simapp.config import Settings, load_settings
+from simapp.config import load_settings
 from simapp.embedded.stack import http_json, http_text
 from simapp.llm_client import headers_of, retry_after_seconds, status_of
 from simapp.ratelimit import window_bound
@@ -31,6 +31,11 @@ from tests.helpers import events_for, send_events, wait_until
 pytestmark = pytest.mark.slow
 
 MODEL = "gpt-4"  # the catalogue's default model; the simulated user uses it too
+# Safety margin for the tests whose mock meters at exactly our budget. The 2 % default leaves
+# ~18 ms of grant-to-arrival jitter (simapp/ratelimit.py); measured here on 2 busy cores: the
+# tightest 21 consecutive arrivals at 20 rps spanned 1.008-1.013 s on quiet runs (ideal 1.020 s)
+# and under 1.0 s (one 429) in 1 run of 4 at load average 3.8. 5 % tolerates ~48 ms.
+MARGIN = 0.05
 NORMAL_ENDS = {"completed", "max_iterations"}
 
 
@@ -234,16 +239,23 @@ def densest(stats: dict) -> str:
     )
 
 
-def bound_for(rps: float) -> int:
-    """The 1 s window bound simapp/ratelimit.py states for a configured budget."""
-    margin = Settings.model_fields["llm_rate_safety_margin"].default
-    return window_bound(rps * (1 - margin))
+def provider_bound(rps: float, margin: float) -> int:
+    """What a provider metering `rps` may see in any 1 s window, per simapp/ratelimit.py.
+
+    On our clock at most window_bound(rate) = ceil(rps * (1 - margin)) grants fall in any 1 s;
+    the provider meters arrivals, a few ms later, and the margin is what absorbs that jitter:
+    rps + 1 consecutive grants span at least 1 / (1 - margin) - GRID_SLACK seconds. So the
+    stated bound at the provider is rps itself (ceil(rate) may equal it, or be below it when
+    rps * (1 - margin) is an integer; arrivals can then reach rps, never more).
+    """
+    assert window_bound(rps * (1 - margin)) <= rps
+    return int(rps)
 
 
 # ------------------------------------------------------------------ 1. burst at the limit
 def test_burst_at_the_provider_limit_gets_no_429(stack, ns, workers):
     mock_config(stack, rps_limit=20)
-    workers.start(llm_rate_limit_rps=20, concurrent_conversations=40)
+    workers.start(llm_rate_limit_rps=20, llm_rate_safety_margin=MARGIN, concurrent_conversations=40)
     events = events_for(stack, 40, max_iterations=4, seed=11)
     ids = {e["id"] for e in events}
     assert send_events(stack, ns, events) == 40
@@ -251,13 +263,11 @@ def test_burst_at_the_provider_limit_gets_no_429(stack, ns, workers):
     items = wait_delivered(stack, ids, 120)
     calls = check_summaries(items)
     stats = mock_stats(stack, detail=True)
-    open("/tmp/llmres_burst.jsonl", "a").write(json.dumps(stats) + "\n")  # TEMP
     assert "429" not in stats["responses_by_status"], densest(stats)
     assert stats["responses_by_status"] == {"200": calls}  # one request per accounted call
     assert stats["requests"] == calls
-    bound = bound_for(20)
-    assert bound <= 20
-    assert stats["max_1s_window"] <= bound
+    bound = provider_bound(20, MARGIN)
+    assert stats["max_1s_window"] <= bound, densest(stats)
     # and the burst really ran at the limit, not politely below it
     assert stats["max_1s_window"] >= bound - 3
 
@@ -269,6 +279,7 @@ def test_two_workers_share_a_global_budget(stack, ns, workers):
         "llm_global_rate_limit_rps": 20,
         "llm_rate_limit_rps": 1000,  # the per-instance budget must not matter here
         "concurrent_conversations": 40,
+        "llm_rate_safety_margin": MARGIN,
     }
     pair = []
     for _ in range(2):
@@ -299,9 +310,9 @@ def test_two_workers_share_a_global_budget(stack, ns, workers):
     items = wait_delivered(stack, ids, 150)
     calls = check_summaries(items)
 
-    stats = mock_stats(stack)
-    assert "429" not in stats["responses_by_status"], stats["responses_by_status"]
-    assert stats["max_1s_window"] <= 20
+    stats = mock_stats(stack, detail=True)
+    assert "429" not in stats["responses_by_status"], densest(stats)
+    assert stats["max_1s_window"] <= provider_bound(20, MARGIN), densest(stats)
     assert stats["requests"] >= calls
     # the work (and so the budget) really was split between the two processes
     for worker, offset in pair:
@@ -347,6 +358,7 @@ def test_breaker_opens_stays_quiet_then_probes_and_recovers(stack, ns, workers):
     mock_config(stack, fail_next=5, latency_ms=30, latency_jitter_ms=0, rps_limit=20)
     worker = workers.start(
         llm_rate_limit_rps=20,
+        llm_rate_safety_margin=MARGIN,
         breaker_fail_max=5,
         breaker_reset_timeout=3,
         llm_retry_attempts=6,
@@ -360,6 +372,8 @@ def test_breaker_opens_stays_quiet_then_probes_and_recovers(stack, ns, workers):
     calls = check_summaries(items)
     stats = mock_stats(stack, detail=True)
     admitted = sorted(stats["admitted_times"])
+    # closing did not release a burst of everyone who waited
+    assert "429" not in stats["responses_by_status"], densest(stats)
     assert stats["responses_by_status"] == {"500": 5, "200": calls}
     # a 50 ms grid and 30 ms answers: the first five requests are the five 500s, in order
     fifth = admitted[4]
@@ -372,9 +386,7 @@ def test_breaker_opens_stays_quiet_then_probes_and_recovers(stack, ns, workers):
     assert fifth + 3 - 0.1 <= probe <= fifth + 10
     # half-open: the probe went alone; the next request only after it had succeeded
     assert late[1] >= probe + 0.025, (probe, late[1:3])
-    # closing did not release a burst of everyone who waited
-    assert "429" not in stats["responses_by_status"]
-    assert stats["max_1s_window"] <= bound_for(20)
+    assert stats["max_1s_window"] <= provider_bound(20, MARGIN), densest(stats)
     assert metric(worker, "circuit_breaker_state") == 0
     assert metric(worker, "llm_api_errors_total", type="server_error") == 5
 

@@ -23,7 +23,8 @@ from typing import Any
 from simapp.catalogue import make_events
 from simapp.config import load_settings
 from simapp.embedded.stack import EmbeddedStack, http_text
-from simapp.producer import encode_event, produce
+from simapp.kafka_admin import ensure_topics
+from simapp.producer import all_topic_names, encode_event, produce
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
@@ -89,15 +90,17 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.global_rps:
             worker_settings["llm_global_rate_limit_rps"] = args.global_rps
+        settings = load_settings(
+            kafka_bootstrap_servers=stack.bootstrap, kafka_partitions=args.partitions
+        )
+        # topics first, with our partition count (workers also do it; this avoids the race)
+        asyncio.run(ensure_topics(stack.bootstrap, all_topic_names(settings), args.partitions))
         for i in range(args.workers):
             stack.start_worker(i, wait=False, **worker_settings)
         stack.wait_workers_ready()
         print(
             f"  {args.workers} worker(s) up: "
             + ", ".join(f"http://127.0.0.1:{w.port}/" for w in stack.workers)
-        )
-        settings = load_settings(
-            kafka_bootstrap_servers=stack.bootstrap, kafka_partitions=args.partitions
         )
         events = make_events(
             args.count,
