@@ -142,4 +142,4 @@ runtime = Runtime(settings, app, topics)
 
 import agents  # noqa: E402,F401
 import tables  # noqa: E402,F401
-from simapp import cli, web  # noqa: E402,F401
+from simapp import cli, dlq_cli, web  # noqa: E402,F401

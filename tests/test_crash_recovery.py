@@ -108,3 +108,35 @@ def test_dead_receiver_sends_every_summary_to_the_dlq(stack, ns, workers):
         assert d["summary"]["simulation_id"] == d["simulation_id"]
         assert d["summary"]["conversation_history"]
         assert d["callback_url"].startswith(stack.sink_url)
+
+
+def test_dlq_list_and_replay_redeliver_summaries(stack, ns, workers):
+    import os
+    import subprocess
+    import sys
+
+    http_json(f"{stack.sink_url}/admin/config", {"down": True})
+    worker = workers.start(callback_retry_attempts=1, callback_deadline=5)
+    events = events_for(stack, 4)
+    ids = {e["id"] for e in events}
+    send_events(stack, ns, events)
+    read_topic(stack.bootstrap, ns.overrides()["dlq_topic"], len(ids), timeout=90)
+    http_json(f"{stack.sink_url}/admin/config", {"down": False})
+    env = {**os.environ, **{k: v for k, v in worker.extra["env"].items()}}
+
+    def cli(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "faust", "-A", "simapp", "dlq", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    listed = cli("list")
+    assert "4 dead letters" in listed and "callback_failed" in listed
+    replayed = cli("replay", "--reason", "callback_failed")
+    assert "'redelivered': 4" in replayed
+    assert set(delivered_ids(stack, ids)) == ids
