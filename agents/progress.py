@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 
 GAUGE_REFRESH_SECONDS = 5.0
 _gauged: set[str] = set()
-import os as _os  # noqa: E402  TEMP DEBUG
-_DEBUG = bool(_os.environ.get("PROGDBG"))
 
 
 def set_gauges(row: dict[str, Any]) -> None:
@@ -57,10 +55,7 @@ def record(value: Any, partition: int) -> bool:
 async def track_progress(stream: Any) -> None:
     async for event in stream.events():
         try:
-            counted = record(event.value, event.message.partition)
-            if _DEBUG:
-                log.info("PROGDBG p=%s o=%s counted=%s gen=%s", event.message.partition,
-                         event.message.offset, counted, app.consumer_generation_id)
+            record(event.value, event.message.partition)
         except (BadMessage, ValueError, TypeError) as exc:
             log.warning(
                 "skipping bad progress message at %s[%s]@%s: %s",

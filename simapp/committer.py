@@ -5,11 +5,12 @@ offsets. With agent concurrency > 1 the head event of a partition can still be r
 later ones are acked; the head-gap guard only works when something (and not offset 0) was
 committed before (faust-streaming issue #606, PR #707 open). A crash then loses the head event.
 
-Our rule is simpler and sound: per partition we track every offset handed to a stream and not
-yet acked. The commit offset is the smallest such offset; with none in flight it is the highest
-acked offset + 1. Messages are delivered to streams in offset order per partition, so every
-offset below the smallest in-flight one has been acked or was never a record (control batches,
-compaction), and a redelivery starts exactly at the oldest unfinished event.
+Our rule is simpler and sound: per partition we track every message an agent actor took and
+has not finished. The commit offset is the smallest such offset; with none in flight it is the
+highest processed offset + 1. Actors take messages in offset order per partition, so every
+offset below the smallest in-flight one was processed or was never a record (control batches,
+compaction), and a redelivery starts exactly at the oldest unfinished event. Messages a stream
+skipped during a rebalance (faust acks those too) never count as processed.
 
 Also fixed here: faust clears the acked offsets of revoked partitions *before* its
 commit-on-revoke runs (faust-streaming issue #502), so every rebalance re-processed everything
@@ -60,36 +61,50 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # offsets handed to streams and not yet acked, per partition (dict keeps it cheap)
-        self._inflight: dict[TP, dict[int, None]] = defaultdict(dict)
-        self._max_acked: dict[TP, int] = {}
+        # messages an agent actor took and that were not finished at the last look, by offset
+        self._inflight: dict[TP, dict[int, Message]] = defaultdict(dict)
+        self._max_done: dict[TP, int] = {}  # highest processed-and-acked offset
         self._grace: float | None = None
         self._unacked_messages = _TrackingSet(self._record_inflight)
 
     # ----- bookkeeping ------------------------------------------------------------------
     def _record_inflight(self, message: Message) -> None:
         if not message.acked:
-            self._inflight[message.tp][message.offset] = None
+            self._inflight[message.tp][message.offset] = message
 
-    def ack(self, message: Message) -> bool:
-        result = super().ack(message)
-        tp = message.tp
-        self._inflight[tp].pop(message.offset, None)
-        if message.offset > self._max_acked.get(tp, -1):
-            self._max_acked[tp] = message.offset
-        return result
+    def _settle(self, tp: TP) -> None:
+        """Move finished messages out of the in-flight set. Faust's Cython stream acks inline
+        (it never calls Consumer.ack), so we look at `message.acked` instead of hooking ack."""
+        inflight = self._inflight.get(tp)
+        if not inflight:
+            return
+        done = [offset for offset, message in inflight.items() if message.acked]
+        for offset in done:
+            del inflight[offset]
+        if done:
+            self._max_done[tp] = max(self._max_done.get(tp, -1), max(done))
 
     def inflight_count(self) -> int:
-        return sum(len(v) for v in self._inflight.values())
+        return sum(1 for tp in self._inflight for _ in self._inflight[tp])
 
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
         if not acked:
             return None
+        self._settle(tp)
         inflight = self._inflight.get(tp)
-        top = self._max_acked.get(tp, max(acked)) + 1
-        new = min(min(inflight), top) if inflight else top
-        # forget acked offsets below the new commit point; keep the ones above it
-        keep = [o for o in acked if o >= new]
+        done = self._max_done.get(tp)
+        # Only offsets an agent really processed count: faust also acks messages its streams
+        # skip during a rebalance (stale generation), which must be fetched again, not committed.
+        candidates = []
+        if inflight:
+            candidates.append(min(inflight))
+        if done is not None:
+            candidates.append(done + 1)
+        if not candidates:
+            return None
+        new = min(candidates)
+        keep = [o for o in acked if o >= new]  # forget acked offsets below the commit point
         acked[:] = keep
         self._acked_index[tp].intersection_update(keep)
         committed = self._committed_offset[tp]
@@ -122,7 +137,7 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
         # committed offset) will fetch them again. Forget what is no longer ours.
         for tp in revoked:
             self._inflight.pop(tp, None)
-            self._max_acked.pop(tp, None)
+            self._max_done.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         # After a rebalance faust seeks every assigned partition to its committed offset and
@@ -130,7 +145,7 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
         for tp in list(self._inflight):
             if tp not in assigned:
                 self._inflight.pop(tp, None)
-                self._max_acked.pop(tp, None)
+                self._max_done.pop(tp, None)
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def wait_empty(self) -> None:

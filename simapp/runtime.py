@@ -161,7 +161,7 @@ class Runtime:
                 self.settings.llm_global_rate_limit_rps,
             )
 
-    async def checkpoints_caught_up(self, limit: float = 15.0) -> None:
+    async def checkpoints_caught_up(self, limit: float = 5.0) -> None:
         """Wait, once per assignment, until the checkpoint agent has applied everything already
         in the checkpoint partitions we own, so a redelivered event sees whether its simulation
         was finished or where it stopped, instead of a stale table row."""
@@ -312,7 +312,7 @@ class Runtime:
             if row.get("partition") != source["partition"] or row.get("offset") != source["offset"]:
                 return await self.duplicate(event, source, row)
             if row.get("status") == "done":
-                log_outcome(event.id, "skipped_done", outcome=row.get("outcome"))
+                log_outcome(event.id, "skipped_done", previous=row.get("outcome"))
                 return "skipped_done"
             if row.get("state"):
                 state = ConversationState.from_dict(row["state"])

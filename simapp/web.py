@@ -96,6 +96,8 @@ def owner_of(batch_id: str) -> str | None:
 
 def _busy() -> str | None:
     """Why this worker cannot answer from its tables right now, or None."""
+    if app.should_stop:
+        return "stopping"  # its tables are being closed: an empty answer would be a lie
     if getattr(app, "rebalancing", False):
         return "rebalancing"
     if getattr(app, "in_recovery", False):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -33,9 +34,14 @@ pytestmark = pytest.mark.slow
 MODEL = "gpt-4"  # the catalogue's default model; the simulated user uses it too
 # Safety margin for the tests whose mock meters at exactly our budget. The 2 % default leaves
 # ~18 ms of grant-to-arrival jitter (simapp/ratelimit.py); measured here on 2 busy cores: the
-# tightest 21 consecutive arrivals at 20 rps spanned 1.008-1.013 s on quiet runs (ideal 1.020 s)
-# and under 1.0 s (one 429) in 1 run of 4 at load average 3.8. 5 % tolerates ~48 ms.
+# tightest 21 consecutive arrivals at 20 rps spanned 1.008-1.013 s on quiet runs (ideal 1.020 s),
+# and with the 2 % default 4 of 9 runs of the three tests below saw one 429 (21 arrivals within
+# 0.98-0.996 s), send gate included. With 5 % (~48 ms of tolerance): 9 of 9 clean.
 MARGIN = 0.05
+# Two worker processes, the mock, the broker and the sink on 2 cores jitter more: with 5 %, 1 run
+# in 5 saw 21 arrivals within 0.98 s (spacing of one 9.5/s worker down to 47 ms where its grid
+# is 105 ms). 10 % still fails loudly if the share were not applied (2 x 18/s).
+SHARED_MARGIN = 0.10
 NORMAL_ENDS = {"completed", "max_iterations"}
 
 
@@ -117,16 +123,23 @@ def test_litellm_error_shapes_are_classified(route: str) -> None:
                     )
                 except Exception as exc:
                     seen.append((status_of(exc), retry_after_seconds(headers_of(exc))))
-            # the whole client: a 401 fails at once (no retries, one request on the wire)
+            # the whole client (its own HTTP session): a 429 pauses the model for Retry-After and
+            # is retried; the 401 that follows fails at once (no retries)
             settings = load_settings(
                 llm_backend_url=base, llm_api_key="wrong", llm_route=route, llm_retry_attempts=3
             )
-            client = LLMClient(settings, _NoBudget(), _NoBreaker())
-            outcome = []
+            budget = _NoBudget()
+            client = LLMClient(settings, budget, _NoBreaker())
+            async with __import__("aiohttp").ClientSession() as session:
+                await session.post(f"{base[:-3]}/admin/config", json={"force_429_count": 1})
+            outcome: list = [budget.pauses]
             try:
                 await client.complete(MODEL, [{"role": "user", "content": "hi"}])
             except Exception as exc:
                 outcome.append((type(exc).__name__, getattr(exc, "end_reason", None), str(exc)))
+            finally:
+                if hasattr(client, "close"):
+                    await client.close()
             async with __import__("aiohttp").ClientSession() as session:
                 async with session.get(f"{base[:-3]}/stats") as resp:
                     outcome.append((await resp.json())["requests"])
@@ -136,22 +149,29 @@ def test_litellm_error_shapes_are_classified(route: str) -> None:
 
     seen, outcome = asyncio.run(scenario())
     assert seen == [(429, 2.0), (401, None)]
-    (name, end_reason, text), requests = outcome
+    pauses, (name, end_reason, text), requests = outcome
+    assert pauses == [(MODEL, 2.0)]
     assert (name, end_reason) == ("LLMError", "llm_error")
     assert "401" in text
     assert "wrong" not in text  # the API key never ends up in a summary
-    assert requests == 3  # 429 + 401 above, then exactly one for the client
+    assert requests == 4  # 429 + 401 above, then 429 + 401 for the client
 
 
 class _NoBudget:
+    def __init__(self) -> None:
+        self.pauses: list[tuple[str, float]] = []
+
     async def acquire(self, model: str, est_tokens: int = 0) -> float:
         return 0.0
 
     def pause(self, model: str, seconds: float) -> None:
-        pass
+        self.pauses.append((model, seconds))
 
     def record_tokens(self, model: str, tokens: int) -> None:
         pass
+
+    async def send_gate(self, model: str) -> float:
+        return 0.0
 
 
 class _NoBreaker:
@@ -191,19 +211,12 @@ def metric(worker: Any, name: str, **labels: str) -> float:
     return total
 
 
-def log_records(worker: Any, offset: int) -> list[dict]:
-    """The worker's JSON log records written after byte `offset` (log files are reused)."""
+def log_text(worker: Any, offset: int) -> str:
+    """The worker's log written after byte `offset` (log files are reused across tests). Lines
+    are Faust's text until the worker switches to LOG_FORMAT=json, so match the message only."""
     with open(worker.log_path, "rb") as f:
         f.seek(offset)
-        lines = f.read().decode(errors="replace").splitlines()
-    out = []
-    for line in lines:
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
+        return f.read().decode(errors="replace")
 
 
 def log_size(worker: Any) -> int:
@@ -279,7 +292,7 @@ def test_two_workers_share_a_global_budget(stack, ns, workers):
         "llm_global_rate_limit_rps": 20,
         "llm_rate_limit_rps": 1000,  # the per-instance budget must not matter here
         "concurrent_conversations": 40,
-        "llm_rate_safety_margin": MARGIN,
+        "llm_rate_safety_margin": SHARED_MARGIN,
     }
     pair = []
     for _ in range(2):
@@ -290,34 +303,30 @@ def test_two_workers_share_a_global_budget(stack, ns, workers):
     def shares() -> list[float] | None:
         found = []
         for worker, offset in pair:
-            latest = [
-                float(r["msg"].split()[3])
-                for r in log_records(worker, offset)
-                if r.get("msg", "").startswith("rate budget share ")
-            ]
+            latest = re.findall(r"rate budget share (\d+\.\d+)", log_text(worker, offset))
             if not latest:
                 return None
-            found.append(latest[-1])
+            found.append(float(latest[-1]))
         return found
 
     settled = wait_until(lambda: (s := shares()) and all(x > 0 for x in s) and s, 60)
     assert settled, f"the two workers never split the partitions: {shares()}"
     assert sum(settled) == pytest.approx(1.0)
 
-    events = events_for(stack, 60, max_iterations=4, seed=12)
+    events = events_for(stack, 40, max_iterations=4, seed=12)
     ids = {e["id"] for e in events}
-    assert send_events(stack, ns, events) == 60
+    assert send_events(stack, ns, events) == 40
     items = wait_delivered(stack, ids, 150)
     calls = check_summaries(items)
 
     stats = mock_stats(stack, detail=True)
     assert "429" not in stats["responses_by_status"], densest(stats)
-    assert stats["max_1s_window"] <= provider_bound(20, MARGIN), densest(stats)
+    assert stats["max_1s_window"] <= provider_bound(20, SHARED_MARGIN), densest(stats)
     assert stats["requests"] >= calls
     # the work (and so the budget) really was split between the two processes
     for worker, offset in pair:
-        outcomes = [r for r in log_records(worker, offset) if r.get("outcome") == "delivered"]
-        assert outcomes, f"{worker.name} delivered nothing"
+        mine = set(re.findall(r"simulation (\S+) delivered", log_text(worker, offset))) & ids
+        assert mine, f"{worker.name} delivered nothing"
     assert sum(shares() or []) <= 1.0 + 1e-9
 
 
@@ -408,14 +417,18 @@ def test_hung_calls_are_cut_at_llm_timeout_and_retried(stack, ns, workers):
     mock_config(stack, hang_rate=0.0)
 
     items = wait_delivered(stack, ids, 120)
-    check_summaries(items)
+    calls = check_summaries(items)
     stats = mock_stats(stack, detail=True)
     hung = stats["hung"]
     assert hung >= 6
     admitted = sorted(stats["admitted_times"])
-    # the hung calls were cut at LLM_TIMEOUT (1 s), not before, not at LiteLLM's 600 s
-    first_retry = admitted[hung]
-    assert 1.0 - 0.1 <= first_retry - admitted[0] <= 6.0, admitted[: hung + 2]
+    # The process's first call goes alone (llm_client's first-call gate): the next request
+    # left when it ended, i.e. it was cut at LLM_TIMEOUT (1 s), not before, and neither at
+    # LiteLLM's default 600 s nor only at our hard deadline (LLM_TIMEOUT + 1 s).
+    assert 1.0 - 0.05 <= admitted[1] - admitted[0] <= 1.9, admitted[:4]
+    # every request was either hung (and cut by us) or answered and accounted in a summary
+    assert stats["responses_by_status"] == {"200": calls}
+    assert stats["requests"] == calls + hung
     assert wait_until(lambda: mock_stats(stack)["in_flight"] == 0, 10, interval=0.2)
     assert metric(worker, "llm_api_errors_total", type="timeout") == hung
 

@@ -6,7 +6,9 @@ One stack for the module; every test has its own topics and consumer group. What
   Prometheus gauges are exported by the owner only;
 - repeated and malformed progress messages are skipped (no double counting, agent survives);
 - SIGTERM of the worker owning the batch mid-batch and a restart with the same data dir:
-  progress continues, never resets to a lower count, never exceeds N, ends at N.
+  progress continues, never resets to a lower count, never exceeds N, ends at N — once with
+  progress messages fed by the test (the progress tables alone, repeats included) and once
+  with a real batch through the whole pipeline.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from simapp.catalogue import make_events
 from simapp.config import load_settings
@@ -179,6 +182,72 @@ def wait_done(group: Group, batch_id: str, n: int, timeout: float) -> dict[int, 
     raise AssertionError(f"batch {batch_id} not done in {timeout}s: {answers}")
 
 
+def progress_topic_summary(group: Group, batch_id: str) -> dict[str, Any]:
+    """What the progress topic holds for a batch: messages and distinct simulations per kind."""
+
+    async def read() -> list[dict]:
+        consumer = AIOKafkaConsumer(
+            group.overrides["progress_topic"], bootstrap_servers=group.stack.bootstrap,
+            auto_offset_reset="earliest", enable_auto_commit=False,
+        )
+        await consumer.start()
+        out: list[dict] = []
+        try:
+            idle = 0
+            while idle < 3:
+                batch = await consumer.getmany(timeout_ms=500)
+                idle = 0 if batch else idle + 1
+                for records in batch.values():
+                    out.extend(json.loads(r.value) for r in records)
+        finally:
+            await consumer.stop()
+        return out
+
+    messages = [m for m in asyncio.run(read()) if m.get("batch_id") == batch_id]
+    kinds = {m["kind"] for m in messages}
+    return {
+        kind: {"messages": sum(1 for m in messages if m["kind"] == kind),
+               "simulations": len({m["simulation_id"] for m in messages if m["kind"] == kind})}
+        for kind in sorted(kinds)
+    }
+
+
+def diagnose(group: Group, batch_id: str) -> str:
+    """For a failure message: the topic's content and each worker's lag on the progress topic."""
+    lines = [f"progress topic: {progress_topic_summary(group, batch_id)}"]
+    topic = group.overrides["progress_topic"]
+    for w in group.live():
+        try:
+            lags = [line for line in http_text(f"http://127.0.0.1:{w.port}/metrics").splitlines()
+                    if line.startswith("kafka_consumer_lag{") and f'topic="{topic}"' in line]
+        except OSError as exc:
+            lags = [repr(exc)]
+        lines.append(f"worker :{w.port} lag: {lags}")
+    return "\n".join(lines)
+
+
+def explain_unfinished(group: Group, batch_id: str, n: int, exc: AssertionError) -> None:
+    """Fail saying which layer lost what: the progress table, or the pipeline before it."""
+    print(diagnose(group, batch_id))
+    topic = progress_topic_summary(group, batch_id)
+    delivered = sum(1 for sid in group.stack.sink_ids() if sid.startswith(f"{batch_id}-"))
+    views = [b for w in group.live() for s, b in [batch_view(w, batch_id)] if s == 200]
+    if views:
+        v = views[0]
+        in_topic = {k: topic.get(k, {}).get("simulations", 0)
+                    for k in ("consumed", "completed", "failed")}
+        table = {"consumed": v["consumed"], "completed": v["completed"], "failed": v["failed"]}
+        # finishes without an earlier "consumed" are counted as consumed too
+        assert table["completed"] == in_topic["completed"] and table["failed"] == in_topic[
+            "failed"], f"progress table {table} != progress topic {in_topic}"
+        raise AssertionError(
+            f"the progress table matches the progress topic ({in_topic}), but the pipeline "
+            f"reported only {in_topic['completed'] + in_topic['failed']} of {n} simulations "
+            f"finished ({delivered} delivered to the sink): {exc}"
+        ) from exc
+    raise exc
+
+
 def gauge(worker: ManagedProcess, name: str, batch_id: str) -> float | None:
     text = http_text(f"http://127.0.0.1:{worker.port}/metrics")
     prefix = f'{name}{{batch_id="{batch_id}"}} '
@@ -275,6 +344,92 @@ def test_repeated_and_malformed_progress_messages(group: Group) -> None:
     assert worker.alive()
 
 
+class ProgressFeeder(threading.Thread):
+    """Sends progress messages at a steady pace (as workers would), while the test restarts."""
+
+    def __init__(self, group: Group, batch_id: str, messages: list[dict], interval: float) -> None:
+        super().__init__(daemon=True)
+        self.group, self.batch_id = group, batch_id
+        self.messages, self.interval = messages, interval
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._send())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    async def _send(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.group.stack.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for m in self.messages:
+                value = json.dumps({**m, "at": time.time()}).encode()
+                await producer.send_and_wait(self.group.overrides["progress_topic"], value,
+                                             key=self.batch_id.encode())
+                await asyncio.sleep(self.interval)
+        finally:
+            await producer.stop()
+
+
+def stop_the_owner_and_restart(group: Group, watcher: Watcher, batch_id: str) -> ManagedProcess:
+    """SIGTERM the worker owning the batch, start a new one with its index (same data dir)."""
+    owner_url = watcher.views()[-1]["worker"]
+    owner = next(w for w in group.live() if owner_url.endswith(f":{w.port}"))
+    index = owner.extra["index"]
+    assert owner.stop(timeout=45) is not None  # SIGTERM; the other worker takes over
+    replacement = group.start(index)  # same WORKER_DATADIR: its RocksDB state is reused
+    assert replacement.extra["env"]["WORKER_DATADIR"] == owner.extra["env"]["WORKER_DATADIR"]
+    return replacement
+
+
+def test_restart_of_the_owner_with_steady_progress_messages(group: Group) -> None:
+    """The progress tables alone: messages keep coming (with repeats) while the owner restarts."""
+    n = 50
+    group.start(0, wait=False)
+    group.start(1, wait=False)
+    group.stack.wait_workers_ready()
+    batch_id = f"bsr-{group.tag}"
+    order: list[tuple[str, str]] = []
+    for i in range(n):
+        order.append(("consumed", f"s{i:03d}"))
+        if i >= 5:
+            order.append(("completed", f"s{i - 5:03d}"))
+    order += [("completed", f"s{i:03d}") for i in range(n - 5, n)]
+    repeats = order[10:20] + order[40:50]  # what a redelivery after a crash looks like
+    sequence = order[:60] + repeats + order[60:]
+    messages = [
+        {"batch_id": batch_id, "kind": kind, "simulation_id": sim, "batch_size": n,
+         "reason": None if kind == "consumed" else "completed",
+         "duration_ms": None if kind == "consumed" else 700}
+        for kind, sim in sequence
+    ]
+    # make sure the topics exist with our partition count before workers subscribe
+    group.send_progress(batch_id, [])
+    watcher = Watcher(group, batch_id)
+    watcher.start()
+    feeder = ProgressFeeder(group, batch_id, messages, interval=0.1)
+    feeder.start()
+    try:
+        deadline = time.monotonic() + 60
+        while watcher.max_completed() < 10 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        at_stop = watcher.max_completed()
+        assert 10 <= at_stop < n
+        stop_the_owner_and_restart(group, watcher, batch_id)
+        feeder.join(timeout=120)
+        assert feeder.error is None, feeder.error
+        answers = wait_done(group, batch_id, n, timeout=90)
+    finally:
+        watcher.stop()
+    views = watcher.views()
+    assert_sane_and_monotonic(views, n)
+    assert any(v["completed"] > at_stop for v in views)
+    for a in answers.values():
+        assert (a["consumed"], a["completed"], a["failed"], a["in_flight"]) == (n, n, 0, 0)
+        assert a["duplicates"] >= len(repeats)  # plus what rebalances re-read
+
+
 def test_restart_of_the_owner_mid_batch_keeps_counting(group: Group) -> None:
     n = 60
     # a slower pace so the batch is still running when the owner is stopped
@@ -298,17 +453,13 @@ def test_restart_of_the_owner_mid_batch_keeps_counting(group: Group) -> None:
             time.sleep(0.2)
         at_stop = watcher.max_completed()
         assert n // 4 <= at_stop < n, f"batch not mid-way when stopping: {at_stop}"
-        owner_url = watcher.views()[-1]["worker"]
-        owner = next(w for w in group.live() if owner_url.endswith(f":{w.port}"))
-        index = owner.extra["index"]
-        note(f"stopping the owner, worker {index}")
-        code = owner.stop(timeout=45)  # SIGTERM; the other worker takes over the partitions
-        note(f"owner stopped with {code}")
-        assert code is not None
-        replacement = group.start(index)  # same WORKER_DATADIR: RocksDB state is reused
-        note("replacement started")
-        assert replacement.extra["env"]["WORKER_DATADIR"] == owner.extra["env"]["WORKER_DATADIR"]
-        answers = wait_done(group, batch_id, n, timeout=180)
+        note("stopping the owner")
+        stop_the_owner_and_restart(group, watcher, batch_id)
+        note("owner stopped, replacement started")
+        try:
+            answers = wait_done(group, batch_id, n, timeout=120)
+        except AssertionError as exc:
+            explain_unfinished(group, batch_id, n, exc)
         note("done on every worker")
     finally:
         watcher.stop()
