@@ -31,6 +31,11 @@ class SimApp(faust.App):
         await super().on_first_start()
         s = self.simapp_settings
         if s is not None:
+            # LiteLLM's import takes ~2.5 s of blocking work: pay it before partitions arrive,
+            # not on the first event (it froze the loop, web server included).
+            from simapp.llm_client import import_litellm
+
+            import_litellm(s.llm_connection_pool_size)
             from simapp.kafka_admin import ensure_topics
             from simapp.producer import all_topic_names
 

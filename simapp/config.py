@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     llm_global_rate_limit_rps: float | None = Field(None, gt=0)
     llm_model_rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     llm_tpm_limit: int | None = Field(None, gt=0)
-    llm_rate_safety_margin: float = Field(0.04, ge=0, lt=0.5)
+    llm_rate_safety_margin: float = Field(0.05, ge=0, lt=0.5)
     llm_expected_latency: float = Field(
         1.0, gt=0, description="typical provider latency (s), used to check sizing at start-up"
     )
