@@ -29,10 +29,10 @@ When a request is ready (all must hold):
 
 ``rate = configured * share * (1 - safety_margin)``. With an integer ``configured * share`` and
 a margin > 0, ``ceil(rate) <= configured * share``. The provider meters on its own clock a few
-ms after our send: ``configured * share + 1`` consecutive grants span at least
-more than 1 s by rule 2 alone, plus one slot per request of margin (~20 ms at 100 rps and the
-default 2 %), which is the send/arrival jitter we tolerate before its 1 s window could count
-one request too many.
+ms after our send: ``configured * share + 1`` consecutive grants span more than 1 s by rule 2
+alone, plus about one slot per margin-request (with LLM_RATE_SAFETY_MARGIN's default 5 %,
+~50 ms over a second): that is the send/arrival jitter we tolerate before the provider's 1 s
+window could count one request too many.
 """
 
 from __future__ import annotations
