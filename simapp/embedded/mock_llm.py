@@ -17,7 +17,6 @@ import dataclasses
 import json
 import random
 import re
-import signal
 import sys
 import time
 import zlib
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from simapp.embedded.httpserver import run_until_signal, serve_app
 
 READY_PREFIX = "MOCK_LLM_READY"
 MAX_DETAIL_TIMES = 20000
@@ -521,12 +522,7 @@ def build_app(config: MockConfig) -> web.Application:
 
 async def serve(config: MockConfig) -> tuple[web.AppRunner, int]:
     """Start listening; returns the runner (call ``cleanup()``) and the bound port."""
-    runner = web.AppRunner(build_app(config), access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    port = int(runner.addresses[0][1])
-    return runner, port
+    return await serve_app(build_app(config), config.host, config.port)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -572,25 +568,8 @@ def parse_args(argv: list[str] | None = None) -> MockConfig:
     )
 
 
-async def _run_forever(config: MockConfig) -> None:
-    runner, port = await serve(config)
-    print(f"{READY_PREFIX} port={port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_forever(config))
-    return 0
+    return run_until_signal(parse_args(argv), serve, READY_PREFIX)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from simapp.embedded.httpserver import run_until_signal, serve_app
 
 READY_PREFIX = "SINK_READY"
 RECORDED_HEADERS = ("Idempotency-Key", "Content-Type", "User-Agent")
@@ -286,12 +287,7 @@ def build_app(config: SinkConfig) -> web.Application:
 
 async def serve(config: SinkConfig) -> tuple[web.AppRunner, int]:
     """Start listening; returns the runner (call ``cleanup()``) and the bound port."""
-    runner = web.AppRunner(build_app(config), access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    port = int(runner.addresses[0][1])
-    return runner, port
+    return await serve_app(build_app(config), config.host, config.port)
 
 
 def parse_args(argv: list[str] | None = None) -> SinkConfig:
@@ -320,25 +316,8 @@ def parse_args(argv: list[str] | None = None) -> SinkConfig:
     )
 
 
-async def _run_forever(config: SinkConfig) -> None:
-    runner, port = await serve(config)
-    print(f"{READY_PREFIX} port={port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_forever(config))
-    return 0
+    return run_until_signal(parse_args(argv), serve, READY_PREFIX)
 
 
 if __name__ == "__main__":
