@@ -84,9 +84,6 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
         if done:
             self._max_done[tp] = max(self._max_done.get(tp, -1), max(done))
 
-    def inflight_count(self) -> int:
-        return sum(1 for tp in self._inflight for _ in self._inflight[tp])
-
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
         if not acked:

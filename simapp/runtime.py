@@ -95,7 +95,6 @@ class Runtime:
     def _build(self) -> None:
         from simapp.breaker import AsyncCircuitBreaker
         from simapp.llm_client import LLMClient, is_breaker_failure
-        from simapp.ratelimit import RateBudgets
 
         s = self.settings
         llm_metrics = metrics.LLMMetrics()
@@ -125,7 +124,6 @@ class Runtime:
             deadline=s.callback_deadline,
             policy=self.policy,
         )
-        del RateBudgets
 
     def new_budgets(self) -> Any:
         from simapp.ratelimit import RateBudgets
