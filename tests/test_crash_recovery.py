@@ -138,3 +138,41 @@ def test_dlq_list_and_replay_redeliver_summaries(stack, ns, workers):
     replayed = cli("replay", "--reason", "callback_failed")
     assert "'redelivered': 4" in replayed
     assert set(delivered_ids(stack, ids)) == ids
+
+
+@pytest.mark.parametrize(
+    "safe_commit",
+    [
+        "true",
+        pytest.param(
+            "false",
+            marks=pytest.mark.skipif(
+                not __import__("os").environ.get("SIMAPP_MEASURE"),
+                reason="stock-Faust comparison, run with SIMAPP_MEASURE=1",
+            ),
+        ),
+    ],
+)
+def test_rebalance_mid_burst_duplicates(stack, ns, workers, safe_commit):
+    """A second worker joins mid-burst (one rebalance): count re-simulated events."""
+    params = {
+        "concurrent_conversations": 40,
+        "llm_rate_limit_rps": 150,
+        "commit_interval": 2.0,
+        "safe_commit": safe_commit,
+    }
+    http_json(f"{stack.mock_url}/admin/reset", {})
+    workers.start(**params)
+    events = events_for(stack, N, seed=5)
+    ids = {e["id"] for e in events}
+    send_events(stack, ns, events)
+    assert wait_until(lambda: len(delivered_ids(stack, ids)) >= N * 0.3, 180)
+    workers.start(**params)  # joins the group: partitions are revoked and reassigned
+    assert wait_until(lambda: set(delivered_ids(stack, ids)) >= ids, 300), "summaries missing"
+    time.sleep(2)
+    got = delivered_ids(stack, ids)
+    print(
+        f"rebalance run safe_commit={safe_commit}: duplicates={len(got) - len(set(got))} "
+        f"llm_calls={mock_calls(stack)}"
+    )
+    assert len(set(got)) == N
