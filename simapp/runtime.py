@@ -118,6 +118,8 @@ class Runtime:
             timeout=s.conversation_timeout,
             user_model=s.user_simulator_model,
         )
+        # Lives as long as the worker: closing it at shutdown while conversations past the
+        # grace period can still finish would turn our own shutdown into callback failures.
         self.sender = CallbackSender(
             timeout=s.callback_timeout,
             attempts=s.callback_retry_attempts,
@@ -137,10 +139,6 @@ class Runtime:
             share=1.0,
             safety_margin=s.llm_rate_safety_margin,
         )
-
-    async def close(self) -> None:
-        if self.sender is not None:
-            await self.sender.close()
 
     # ----- rebalance: share of a global budget ------------------------------------------
     def on_assignment(self, assigned_event_partitions: int) -> None:
