@@ -89,8 +89,13 @@ class Group:
         )
 
     def send_batch(self, count: int, batch_id: str) -> list[dict]:
-        events = make_events(count, callback_url=f"{self.stack.sink_url}/callback",
-                             batch_id=batch_id, max_iterations=6, seed=count)
+        events = make_events(
+            count,
+            callback_url=f"{self.stack.sink_url}/callback",
+            batch_id=batch_id,
+            max_iterations=6,
+            seed=count,
+        )
         sent = asyncio.run(produce(self.settings(), [encode_event(e) for e in events]))
         assert sent == count
         return events
@@ -174,8 +179,10 @@ def wait_done(group: Group, batch_id: str, n: int, timeout: float) -> dict[int, 
             status, body = batch_view(w, batch_id)
             if status == 200:
                 answers[w.port or 0] = body
-        if answers and len(answers) == len(group.live()) and all(
-            a["completed"] == n and a["remaining"] == 0 for a in answers.values()
+        if (
+            answers
+            and len(answers) == len(group.live())
+            and all(a["completed"] == n and a["remaining"] == 0 for a in answers.values())
         ):
             return answers
         time.sleep(0.5)
@@ -187,8 +194,10 @@ def progress_topic_summary(group: Group, batch_id: str) -> dict[str, Any]:
 
     async def read() -> list[dict]:
         consumer = AIOKafkaConsumer(
-            group.overrides["progress_topic"], bootstrap_servers=group.stack.bootstrap,
-            auto_offset_reset="earliest", enable_auto_commit=False,
+            group.overrides["progress_topic"],
+            bootstrap_servers=group.stack.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
         )
         await consumer.start()
         out: list[dict] = []
@@ -206,8 +215,10 @@ def progress_topic_summary(group: Group, batch_id: str) -> dict[str, Any]:
     messages = [m for m in asyncio.run(read()) if m.get("batch_id") == batch_id]
     kinds = {m["kind"] for m in messages}
     return {
-        kind: {"messages": sum(1 for m in messages if m["kind"] == kind),
-               "simulations": len({m["simulation_id"] for m in messages if m["kind"] == kind})}
+        kind: {
+            "messages": sum(1 for m in messages if m["kind"] == kind),
+            "simulations": len({m["simulation_id"] for m in messages if m["kind"] == kind}),
+        }
         for kind in sorted(kinds)
     }
 
@@ -218,8 +229,11 @@ def diagnose(group: Group, batch_id: str) -> str:
     topic = group.overrides["progress_topic"]
     for w in group.live():
         try:
-            lags = [line for line in http_text(f"http://127.0.0.1:{w.port}/metrics").splitlines()
-                    if line.startswith("kafka_consumer_lag{") and f'topic="{topic}"' in line]
+            lags = [
+                line
+                for line in http_text(f"http://127.0.0.1:{w.port}/metrics").splitlines()
+                if line.startswith("kafka_consumer_lag{") and f'topic="{topic}"' in line
+            ]
         except OSError as exc:
             lags = [repr(exc)]
         lines.append(f"worker :{w.port} lag: {lags}")
@@ -234,12 +248,14 @@ def explain_unfinished(group: Group, batch_id: str, n: int, exc: AssertionError)
     views = [b for w in group.live() for s, b in [batch_view(w, batch_id)] if s == 200]
     if views:
         v = views[0]
-        in_topic = {k: topic.get(k, {}).get("simulations", 0)
-                    for k in ("consumed", "completed", "failed")}
+        in_topic = {
+            k: topic.get(k, {}).get("simulations", 0) for k in ("consumed", "completed", "failed")
+        }
         table = {"consumed": v["consumed"], "completed": v["completed"], "failed": v["failed"]}
         # finishes without an earlier "consumed" are counted as consumed too
-        assert table["completed"] == in_topic["completed"] and table["failed"] == in_topic[
-            "failed"], f"progress table {table} != progress topic {in_topic}"
+        assert (
+            table["completed"] == in_topic["completed"] and table["failed"] == in_topic["failed"]
+        ), f"progress table {table} != progress topic {in_topic}"
         raise AssertionError(
             f"the progress table matches the progress topic ({in_topic}), but the pipeline "
             f"reported only {in_topic['completed'] + in_topic['failed']} of {n} simulations "
@@ -253,7 +269,7 @@ def gauge(worker: ManagedProcess, name: str, batch_id: str) -> float | None:
     prefix = f'{name}{{batch_id="{batch_id}"}} '
     for line in text.splitlines():
         if line.startswith(prefix):
-            return float(line[len(prefix):])
+            return float(line[len(prefix) :])
     return None
 
 
@@ -314,9 +330,15 @@ def test_repeated_and_malformed_progress_messages(group: Group) -> None:
     now = time.time()
 
     def m(kind: str, sim: str, reason: str | None = None, dt: float = 0.0) -> dict:
-        return {"batch_id": batch_id, "kind": kind, "simulation_id": sim, "reason": reason,
-                "batch_size": 6, "duration_ms": 1500 if kind != "consumed" else None,
-                "at": now + dt}
+        return {
+            "batch_id": batch_id,
+            "kind": kind,
+            "simulation_id": sim,
+            "reason": reason,
+            "batch_size": 6,
+            "duration_ms": 1500 if kind != "consumed" else None,
+            "at": now + dt,
+        }
 
     sims = [f"s{i}" for i in range(1, 7)]
     first = [m("consumed", s) for s in sims]
@@ -324,9 +346,14 @@ def test_repeated_and_malformed_progress_messages(group: Group) -> None:
     first += [m("completed", s, "completed", 1 + i) for i, s in enumerate(sims[:5])]
     group.send_progress(batch_id, first)
     # a crash/redelivery repeats messages; a later outcome of a finished simulation is ignored
-    again = [m("consumed", "s1"), m("completed", "s1", "completed", 9),
-             m("completed", "s2", "completed", 9), m("failed", "s3", "callback_failed", 9),
-             m("failed", "s6", "llm_error", 10), m("failed", "s6", "llm_error", 11)]
+    again = [
+        m("consumed", "s1"),
+        m("completed", "s1", "completed", 9),
+        m("completed", "s2", "completed", 9),
+        m("failed", "s3", "callback_failed", 9),
+        m("failed", "s6", "llm_error", 10),
+        m("failed", "s6", "llm_error", 11),
+    ]
     group.send_progress(batch_id, again)
     worker = group.workers[0]
     deadline = time.monotonic() + 60
@@ -365,8 +392,9 @@ class ProgressFeeder(threading.Thread):
         try:
             for m in self.messages:
                 value = json.dumps({**m, "at": time.time()}).encode()
-                await producer.send_and_wait(self.group.overrides["progress_topic"], value,
-                                             key=self.batch_id.encode())
+                await producer.send_and_wait(
+                    self.group.overrides["progress_topic"], value, key=self.batch_id.encode()
+                )
                 await asyncio.sleep(self.interval)
         finally:
             await producer.stop()
@@ -399,9 +427,14 @@ def test_restart_of_the_owner_with_steady_progress_messages(group: Group) -> Non
     repeats = order[10:20] + order[40:50]  # what a redelivery after a crash looks like
     sequence = order[:60] + repeats + order[60:]
     messages = [
-        {"batch_id": batch_id, "kind": kind, "simulation_id": sim, "batch_size": n,
-         "reason": None if kind == "consumed" else "completed",
-         "duration_ms": None if kind == "consumed" else 700}
+        {
+            "batch_id": batch_id,
+            "kind": kind,
+            "simulation_id": sim,
+            "batch_size": n,
+            "reason": None if kind == "consumed" else "completed",
+            "duration_ms": None if kind == "consumed" else 700,
+        }
         for kind, sim in sequence
     ]
     # make sure the topics exist with our partition count before workers subscribe
@@ -471,7 +504,47 @@ def test_restart_of_the_owner_mid_batch_keeps_counting(group: Group) -> None:
     for a in answers.values():
         assert (a["completed"], a["failed"], a["consumed"], a["in_flight"]) == (n, 0, n, 0)
     # every simulation was delivered to the sink at least once
-    ids = {e["id"] for e in make_events(n, callback_url="x", batch_id=batch_id,
-                                        max_iterations=6, seed=n)}
+    ids = {
+        e["id"]
+        for e in make_events(n, callback_url="x", batch_id=batch_id, max_iterations=6, seed=n)
+    }
     delivered = set(group.stack.sink_ids()) & ids
     assert delivered == ids
+
+
+def test_progress_is_live_while_a_burst_larger_than_the_buffer_runs(group: Group) -> None:
+    """A burst much larger than the simulate agent's stream buffer must not starve the progress
+    agent: the batch's row follows the deliveries while the burst runs, not only at its end.
+
+    Measured before the fix (simapp/application.py `stream_buffer_size`): one fetch returned
+    the whole burst, the conductor waited on the full simulate queue for every event and
+    fetched nothing else until the burst was nearly all queued; at half delivered the batch
+    had no row at all (404). After: the row trails the sink by a few seconds.
+    """
+    n = 240
+    group.start(0)
+    batch_id = f"live-{group.tag}"
+    watcher = Watcher(group, batch_id, interval=0.5)
+    watcher.start()
+    reached: list[float] = []
+    try:
+        group.send_batch(n, batch_id)
+
+        def sixty_percent_delivered() -> bool:
+            got = sum(1 for sid in group.stack.sink_ids() if sid.startswith(f"{batch_id}-"))
+            if got >= n * 6 // 10:
+                reached.append(time.monotonic())
+                return True
+            return False
+
+        assert group.stack.wait_for(sixty_percent_delivered, timeout=240, interval=0.5)
+        wait_done(group, batch_id, n, timeout=240)
+    finally:
+        watcher.stop()
+    before = [b for t, _, st, b in watcher.seen if st == 200 and t <= reached[0]]
+    best = max((b["completed"] + b["failed"] for b in before), default=0)
+    assert best >= n // 6, (
+        f"before the sink had 60 % of {n}, the progress row showed at most {best} finished: "
+        f"{[(b['consumed'], b['completed']) for b in before]}"
+    )
+    assert_sane_and_monotonic(watcher.views(), n)
