@@ -153,11 +153,13 @@ async def _configure_logging() -> None:
     import logging
 
     from simapp import logs
-    from simapp.config import sizing_warnings
+    from simapp.config import route_warnings, sizing_warnings
 
     logs.configure(settings.log_format, settings.log_level)
     for warning in sizing_warnings(settings):
         logging.getLogger("simapp.sizing").warning(warning)
+    for warning in route_warnings(settings):
+        logging.getLogger("simapp.llm").warning(warning)
 
 
 # Agents, tables, views and commands register themselves on import.

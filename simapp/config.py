@@ -172,6 +172,21 @@ def sizing_warnings(settings: Settings, workers_hint: int = 1) -> list[str]:
     return warnings
 
 
+AIOHTTP_ROUTE_WARNING = (
+    "LLM_ROUTE=aiohttp_openai: with litellm 1.110.2 this route reports 0 tokens (usage is "
+    "dropped, so token metrics, summaries' usage and LLM_RATE_LIMIT_TPM see nothing) and ignores "
+    "our LLM session (no send-time rate check, no LLM_CONNECTION_POOL_SIZE); it costs ~30 % "
+    "less CPU per call (docs/benchmarks.md). Use LLM_ROUTE=openai unless you accept that."
+)
+
+
+def route_warnings(settings: Settings) -> list[str]:
+    """What the chosen LiteLLM route gives up (tests/test_llm_resilience.py measures it)."""
+    if settings.llm_backend_url and settings.llm_route == "aiohttp_openai":
+        return [AIOHTTP_ROUTE_WARNING]
+    return []
+
+
 class SettingsError(SystemExit):
     """Raised at start-up with one line per bad variable."""
 

@@ -157,6 +157,59 @@ def test_litellm_error_shapes_are_classified(route: str) -> None:
     assert requests == 4  # 429 + 401 above, then 429 + 401 for the client
 
 
+@pytest.mark.parametrize("route", ["openai", "aiohttp_openai"])
+def test_what_each_route_keeps_usage_and_send_gate(route: str) -> None:
+    """Through LLMClient against the real mock: the `openai` route reports the mock's token
+    usage and sends through our session (the send gate sees every request); `aiohttp_openai`
+    (litellm 1.110.2) reports 0 tokens and bypasses our session, which is why it is not the
+    default and a worker warns when it is chosen (simapp/config.py AIOHTTP_ROUTE_WARNING).
+    When a LiteLLM upgrade fixes that, this test fails: drop the warning then."""
+    from simapp.config import route_warnings
+    from simapp.embedded.mock_llm import MockConfig, serve
+    from simapp.llm_client import LLMClient, import_litellm
+
+    class GateCounter(_NoBudget):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gated: list[str] = []
+
+        async def send_gate(self, model: str) -> float:
+            self.gated.append(model)
+            return 0.0
+
+    async def scenario() -> tuple[int, list[str]]:
+        # LiteLLM keeps the aiohttp_openai route's own session in a module-level handler,
+        # bound to the loop of the first call; an earlier test's closed loop would fail this
+        # call ("Event loop is closed"). A worker has one loop, so only tests need this reset.
+        from litellm.main import base_llm_aiohttp_handler
+
+        import_litellm(10)
+        base_llm_aiohttp_handler.client_session = None
+        base_llm_aiohttp_handler.transport = None
+        runner, port = await serve(MockConfig(latency_ms=1, api_key="right"))
+        settings = load_settings(
+            llm_backend_url=f"http://127.0.0.1:{port}/v1", llm_api_key="right", llm_route=route
+        )
+        budget = GateCounter()
+        client = LLMClient(settings, budget, _NoBreaker())
+        try:
+            done = await client.complete(MODEL, [{"role": "user", "content": "hello there"}])
+            tokens = done.prompt_tokens + done.completion_tokens
+        finally:
+            await client.close()
+            await runner.cleanup()
+        return tokens, budget.gated
+
+    tokens, gated = asyncio.run(scenario())
+    settings = load_settings(llm_backend_url="http://127.0.0.1:1/v1", llm_route=route)
+    if route == "openai":
+        assert tokens > 0 and gated == [MODEL]
+        assert route_warnings(settings) == []
+    else:
+        assert tokens == 0 and gated == []
+        assert route_warnings(settings) and "0 tokens" in route_warnings(settings)[0]
+
+
 class _NoBudget:
     def __init__(self) -> None:
         self.pauses: list[tuple[str, float]] = []
