@@ -101,21 +101,44 @@ async def follow_batch(
     option("--rate", type=float, default=None, help="send at most this many events/s"),
     option("--follow/--no-follow", default=False, help="show live progress and a report"),
     option("--model", default="gpt-4", show_default=True),
-    option("--callback-url", default=None,
-           help="where summaries go (default with the embedded stack: its callback sink)"),
-    option("--embedded/--no-embedded", default=None,
-           help="force (or forbid) the embedded stack; default: when no broker is configured"),
-    option("--web-url", default=None,
-           help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)"),
+    option(
+        "--callback-url",
+        default=None,
+        help="where summaries go (default with the embedded stack: its callback sink)",
+    ),
+    option(
+        "--embedded/--no-embedded",
+        default=None,
+        help="force (or forbid) the embedded stack; default: when no broker is configured",
+    ),
+    option(
+        "--web-url",
+        default=None,
+        help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)",
+    ),
     option("--workers", type=int, default=1, show_default=True, help="embedded workers"),
     option("--latency-ms", type=int, default=300, show_default=True, help="embedded mock latency"),
-    option("--rps", type=float, default=None,
-           help="embedded workers' LLM_RATE_LIMIT_RPS (default: the configured one, else 50)"),
-    option("--concurrency", type=int, default=None,
-           help="embedded workers' CONCURRENT_CONVERSATIONS (default: configured, else 100)"),
+    option(
+        "--rps",
+        type=float,
+        default=None,
+        help="embedded workers' LLM_RATE_LIMIT_RPS (default: the configured one, else 50)",
+    ),
+    option(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="embedded workers' CONCURRENT_CONVERSATIONS (default: configured, else 100)",
+    ),
     option("--seed", type=int, default=None, help="catalogue random seed"),
-    option("--timeout", "follow_timeout", type=float, default=3600.0, show_default=True,
-           help="follow at most this many seconds"),
+    option(
+        "--timeout",
+        "follow_timeout",
+        type=float,
+        default=3600.0,
+        show_default=True,
+        help="follow at most this many seconds",
+    ),
     base=SimappCommand,
 )
 async def loadtest(
@@ -152,8 +175,12 @@ async def loadtest(
             workdir = Path(tempfile.mkdtemp(prefix="simapp-loadtest-"))
             stack = EmbeddedStack(
                 workdir=workdir,
-                mock_args=["--latency-ms", str(latency_ms), "--latency-jitter-ms",
-                           str(latency_ms // 3)],
+                mock_args=[
+                    "--latency-ms",
+                    str(latency_ms),
+                    "--latency-jitter-ms",
+                    str(latency_ms // 3),
+                ],
                 partitions=settings.kafka_partitions,
             )
             print(f"starting the embedded stack in {workdir} ...", flush=True)
@@ -169,8 +196,10 @@ async def loadtest(
             )
             callback_url = callback_url or f"{stack.sink_url}/callback"
             web_url = web_url or ",".join(f"http://127.0.0.1:{w.port}" for w in stack.workers)
-            print(f"  broker {stack.bootstrap}, progress page {fl.split_urls(web_url)[0]}/",
-                  flush=True)
+            print(
+                f"  broker {stack.bootstrap}, progress page {fl.split_urls(web_url)[0]}/",
+                flush=True,
+            )
         else:
             target = settings
             web_url = web_url or default_web_url(settings)
@@ -195,8 +224,14 @@ async def loadtest(
                 return f"a worker died; logs in {stack.log_dir}"
             return None
 
-        code = await follow_batch(web_url, batch_id, sent=count, started=started,
-                                  limit=follow_timeout, should_stop=should_stop)
+        code = await follow_batch(
+            web_url,
+            batch_id,
+            sent=count,
+            started=started,
+            limit=follow_timeout,
+            should_stop=should_stop,
+        )
         sent = await producing
         return code if sent == count else 1
     finally:
@@ -206,29 +241,36 @@ async def loadtest(
             print(f"logs: {stack.log_dir}")
 
 
-def embedded_worker_settings(s: Settings, rps: float | None, concurrency: int | None
-                             ) -> dict[str, Any]:
+def embedded_worker_settings(
+    s: Settings, rps: float | None, concurrency: int | None
+) -> dict[str, Any]:
     """Explicit options, else what the environment configures, else a demo-friendly pace."""
     fields = s.model_fields_set
     return {
-        "llm_rate_limit_rps": rps or (s.llm_rate_limit_rps if "llm_rate_limit_rps" in fields
-                                      else 50),
-        "concurrent_conversations": concurrency or (
-            s.concurrent_conversations if "concurrent_conversations" in fields else 100),
+        "llm_rate_limit_rps": rps
+        or (s.llm_rate_limit_rps if "llm_rate_limit_rps" in fields else 50),
+        "concurrent_conversations": concurrency
+        or (s.concurrent_conversations if "concurrent_conversations" in fields else 100),
     }
 
 
-def make_batch(count: int, batch_id: str, callback_url: str, model: str, max_iterations: int,
-               seed: int | None) -> list[dict]:
+def make_batch(
+    count: int, batch_id: str, callback_url: str, model: str, max_iterations: int, seed: int | None
+) -> list[dict]:
     from simapp.catalogue import make_events
 
-    return make_events(count, callback_url=callback_url, model=model, batch_id=batch_id,
-                       max_iterations=max_iterations, seed=seed)
+    return make_events(
+        count,
+        callback_url=callback_url,
+        model=model,
+        batch_id=batch_id,
+        max_iterations=max_iterations,
+        seed=seed,
+    )
 
 
 # ----- submit -----------------------------------------------------------------------------
-def validate_lines(lines: list[str], s: Settings, batch_id: str
-                   ) -> tuple[list[dict], list[str]]:
+def validate_lines(lines: list[str], s: Settings, batch_id: str) -> tuple[list[dict], list[str]]:
     """Decode every non-blank line; returns (events with batch id/size set, problems)."""
     decoder = EventDecoder(s)
     problems: list[str] = []
@@ -266,10 +308,19 @@ def validate_lines(lines: list[str], s: Settings, batch_id: str
     argument("file", type=str),
     option("--batch-id", default=None, help="batch id (default: a new random one)"),
     option("--follow/--no-follow", default=False, help="show live progress and a report"),
-    option("--web-url", default=None,
-           help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)"),
-    option("--timeout", "follow_timeout", type=float, default=3600.0, show_default=True,
-           help="follow at most this many seconds"),
+    option(
+        "--web-url",
+        default=None,
+        help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)",
+    ),
+    option(
+        "--timeout",
+        "follow_timeout",
+        type=float,
+        default=3600.0,
+        show_default=True,
+        help="follow at most this many seconds",
+    ),
     base=SimappCommand,
 )
 async def submit(
@@ -304,20 +355,29 @@ async def submit(
         return 1
     if not follow:
         return 0
-    return await follow_batch(web_url or default_web_url(settings), batch_id, sent=sent,
-                              started=started, limit=follow_timeout)
+    return await follow_batch(
+        web_url or default_web_url(settings),
+        batch_id,
+        sent=sent,
+        started=started,
+        limit=follow_timeout,
+    )
 
 
 # ----- progress ---------------------------------------------------------------------------
 @app.command(
     option("--batch-id", default=None, help="only this batch (with details)"),
-    option("--web-url", default=None,
-           help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)"),
+    option(
+        "--web-url",
+        default=None,
+        help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)",
+    ),
     option("--json", "as_json", is_flag=True, default=False, help="print the JSON answer"),
     base=SimappCommand,
 )
-async def progress(self: AppCommand, batch_id: str | None, web_url: str | None,
-                   as_json: bool) -> int:
+async def progress(
+    self: AppCommand, batch_id: str | None, web_url: str | None, as_json: bool
+) -> int:
     """Print batch progress once (every batch, or one with --batch-id)."""
     url = web_url or default_web_url(settings)
     if batch_id:

@@ -143,8 +143,9 @@ def follow(
     return last_view
 
 
-def report(v: dict[str, Any] | None, *, sent: int | None = None, wall: float | None = None
-           ) -> dict[str, Any]:
+def report(
+    v: dict[str, Any] | None, *, sent: int | None = None, wall: float | None = None
+) -> dict[str, Any]:
     """The end-of-run numbers: delivered, failed by reason, duration, throughput, p50/p95."""
     v = v or {}
     finished = int(v.get("completed") or 0) + int(v.get("failed") or 0)
@@ -176,8 +177,12 @@ def print_report(r: dict[str, Any], out: IO[str] | None = None) -> None:
         ("failed", f"{r['failed']} ({failed})"),
         ("end reasons", reasons),
         ("duration", f"{r['duration_seconds']} s" if r["duration_seconds"] else "-"),
-        ("throughput", f"{r['throughput_per_second']} simulations/s"
-         if r["throughput_per_second"] is not None else "-"),
+        (
+            "throughput",
+            f"{r['throughput_per_second']} simulations/s"
+            if r["throughput_per_second"] is not None
+            else "-",
+        ),
         ("simulation p50 / p95", f"{r['p50_seconds']} s / {r['p95_seconds']} s"),
     ]
     out.write("=" * 60 + "\n")
@@ -189,22 +194,34 @@ def print_report(r: dict[str, Any], out: IO[str] | None = None) -> None:
 
 def table(views: list[dict[str, Any]]) -> str:
     """Plain-text table of batch views for `faust -A simapp progress`."""
-    header = ("batch", "completed", "total", "failed", "in flight", "rate/s", "ETA", "p50 s",
-              "p95 s", "state")
+    header = (
+        "batch",
+        "completed",
+        "total",
+        "failed",
+        "in flight",
+        "rate/s",
+        "ETA",
+        "p50 s",
+        "p95 s",
+        "state",
+    )
     rows = [header]
     for v in views:
-        rows.append((
-            str(v.get("batch_id")),
-            str(v.get("completed", 0)),
-            f"{v.get('total', 0)}{'' if v.get('total_known') else '?'}",
-            str(v.get("failed", 0)),
-            str(v.get("in_flight", 0)),
-            f"{float(v.get('rate') or 0):.2f}",
-            "done" if v.get("done") else fmt_seconds(v.get("eta_seconds")),
-            "-" if v.get("duration_p50_s") is None else str(v["duration_p50_s"]),
-            "-" if v.get("duration_p95_s") is None else str(v["duration_p95_s"]),
-            "done" if v.get("done") else "running",
-        ))
+        rows.append(
+            (
+                str(v.get("batch_id")),
+                str(v.get("completed", 0)),
+                f"{v.get('total', 0)}{'' if v.get('total_known') else '?'}",
+                str(v.get("failed", 0)),
+                str(v.get("in_flight", 0)),
+                f"{float(v.get('rate') or 0):.2f}",
+                "done" if v.get("done") else fmt_seconds(v.get("eta_seconds")),
+                "-" if v.get("duration_p50_s") is None else str(v["duration_p50_s"]),
+                "-" if v.get("duration_p95_s") is None else str(v["duration_p95_s"]),
+                "done" if v.get("done") else "running",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

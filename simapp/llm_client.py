@@ -207,9 +207,18 @@ class LLMClient:
                 model = params.headers.get(BUDGET_HEADER)
                 if model is not None:
                     await budgets.send_gate(model)
+                    ctx.simapp_gate = (model, asyncio.get_running_loop().time())
+
+            async def on_request_chunk_sent(session: Any, ctx: Any, params: Any) -> None:
+                gate = getattr(ctx, "simapp_gate", None)
+                if gate is not None:  # the body is one chunk; measure once per request
+                    ctx.simapp_gate = None
+                    model, passed = gate
+                    budgets.observe_send_delay(model, asyncio.get_running_loop().time() - passed)
 
             trace = aiohttp.TraceConfig()
             trace.on_request_start.append(on_request_start)
+            trace.on_request_chunk_sent.append(on_request_chunk_sent)
             pool = self.settings.llm_connection_pool_size
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=pool, limit_per_host=pool),

@@ -32,8 +32,28 @@ RATE_TAU = 60.0  # seconds, time constant of the rate EWMA
 MIN_WINDOW = 1.0  # seconds, smallest window a rate is measured over (bursts at start)
 # Upper bounds (ms) of the duration histogram; one more bucket holds everything above.
 DURATION_BUCKETS_MS: tuple[int, ...] = (
-    100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000,
-    20_000, 30_000, 45_000, 60_000, 90_000, 120_000, 180_000, 300_000, 600_000,
+    100,
+    200,
+    300,
+    500,
+    750,
+    1_000,
+    1_500,
+    2_000,
+    3_000,
+    5_000,
+    7_500,
+    10_000,
+    15_000,
+    20_000,
+    30_000,
+    45_000,
+    60_000,
+    90_000,
+    120_000,
+    180_000,
+    300_000,
+    600_000,
 )
 ROW_VERSION = 1
 
@@ -166,8 +186,9 @@ def _totals(row: dict[str, Any]) -> None:
         row["finished_at"] = row.get("last_finish_at") or row.get("updated_at")
 
 
-def apply(row: Mapping[str, Any] | None, msg: Mapping[str, Any], partition: int | None = None
-          ) -> dict[str, Any]:
+def apply(
+    row: Mapping[str, Any] | None, msg: Mapping[str, Any], partition: int | None = None
+) -> dict[str, Any]:
     """Fold one (already deduplicated, parsed) message into a row; returns a new row."""
     out = _copy(row) if row is not None else new_row(msg["batch_id"], partition)
     if partition is not None:

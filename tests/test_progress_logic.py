@@ -11,8 +11,15 @@ from simapp import progress as p
 
 
 def msg(kind: str, sim: str, at: float, **kw: object) -> dict:
-    base = {"batch_id": "b1", "kind": kind, "simulation_id": sim, "reason": None,
-            "batch_size": None, "duration_ms": None, "at": at}
+    base = {
+        "batch_id": "b1",
+        "kind": kind,
+        "simulation_id": sim,
+        "reason": None,
+        "batch_size": None,
+        "duration_ms": None,
+        "at": at,
+    }
     base.update(kw)
     return p.parse_message(base)
 
@@ -38,20 +45,32 @@ def test_parse_message_rejects_garbage_and_normalises() -> None:
     for bad in bad_messages:
         with pytest.raises(p.BadMessage):
             p.parse_message(bad)
-    m = p.parse_message({"batch_id": "b", "kind": "failed", "simulation_id": "s", "at": "soon",
-                         "batch_size": -1, "duration_ms": True, "reason": 5}, now=42.0)
+    m = p.parse_message(
+        {
+            "batch_id": "b",
+            "kind": "failed",
+            "simulation_id": "s",
+            "at": "soon",
+            "batch_size": -1,
+            "duration_ms": True,
+            "reason": 5,
+        },
+        now=42.0,
+    )
     assert m["at"] == 42.0 and m["batch_size"] is None and m["duration_ms"] is None
     assert m["reason"] == "5"
 
 
 def test_counts_total_and_in_flight() -> None:
-    row = fold([
-        msg("consumed", "s1", 100.0, batch_size=4),
-        msg("consumed", "s2", 100.5, batch_size=4),
-        msg("consumed", "s3", 101.0, batch_size=4),
-        msg("completed", "s1", 102.0, reason="satisfied", batch_size=4, duration_ms=2000),
-        msg("failed", "s2", 103.0, reason="llm_error", batch_size=4, duration_ms=3000),
-    ])
+    row = fold(
+        [
+            msg("consumed", "s1", 100.0, batch_size=4),
+            msg("consumed", "s2", 100.5, batch_size=4),
+            msg("consumed", "s3", 101.0, batch_size=4),
+            msg("completed", "s1", 102.0, reason="satisfied", batch_size=4, duration_ms=2000),
+            msg("failed", "s2", 103.0, reason="llm_error", batch_size=4, duration_ms=3000),
+        ]
+    )
     assert (row["consumed"], row["completed"], row["failed"], row["in_flight"]) == (3, 1, 1, 1)
     assert row["total"] == 4 and row["total_known"] is True
     assert row["end_reasons"] == {"satisfied": 1}
@@ -72,8 +91,10 @@ def test_total_unknown_is_consumed_count() -> None:
 
 def test_redelivered_messages_do_not_double_count() -> None:
     first = [msg("consumed", f"s{i}", float(i), batch_size=5) for i in range(5)]
-    finish = [msg("completed", f"s{i}", 10.0 + i, reason="satisfied", batch_size=5,
-                  duration_ms=1000) for i in range(5)]
+    finish = [
+        msg("completed", f"s{i}", 10.0 + i, reason="satisfied", batch_size=5, duration_ms=1000)
+        for i in range(5)
+    ]
     seen: dict = {}
     row = fold(first + finish[:3], seen=seen)
     # crash: the last events are redelivered and re-processed, progress messages repeat
@@ -100,8 +121,16 @@ def test_counts_never_exceed_total_under_random_duplicates() -> None:
     stream = []
     for i in range(n):
         stream.append(msg("consumed", f"s{i}", float(i), batch_size=n))
-        stream.append(msg("completed", f"s{i}", float(i) + 5, reason="satisfied", batch_size=n,
-                          duration_ms=500))
+        stream.append(
+            msg(
+                "completed",
+                f"s{i}",
+                float(i) + 5,
+                reason="satisfied",
+                batch_size=n,
+                duration_ms=500,
+            )
+        )
     noisy = stream + rng.sample(stream, 60) + rng.sample(stream, 40)
     seen: dict = {}
     row = None
@@ -118,8 +147,14 @@ def test_rate_steady_stream_converges_to_true_rate() -> None:
     # 5 finishes per second for 5 minutes, batch started at t=0
     for i in range(1500):
         t = i * 0.2
-        row = fold([msg("consumed", f"s{i}", t, batch_size=3000),
-                    msg("completed", f"s{i}", t, duration_ms=800)], row=row, seen=seen)
+        row = fold(
+            [
+                msg("consumed", f"s{i}", t, batch_size=3000),
+                msg("completed", f"s{i}", t, duration_ms=800),
+            ],
+            row=row,
+            seen=seen,
+        )
     assert row is not None
     v = p.view(row, now=299.8)
     assert v["rate"] == pytest.approx(5.0, rel=0.05)
@@ -128,8 +163,11 @@ def test_rate_steady_stream_converges_to_true_rate() -> None:
 
 def test_rate_early_is_finishes_over_elapsed_not_biased_low() -> None:
     row = fold([msg("consumed", f"s{i}", 0.0, batch_size=100) for i in range(20)])
-    row = fold([msg("completed", f"s{i}", 1.0 + i * 0.5) for i in range(10)], row=row,
-               seen={f"s{i}": "consumed" for i in range(20)})
+    row = fold(
+        [msg("completed", f"s{i}", 1.0 + i * 0.5) for i in range(10)],
+        row=row,
+        seen={f"s{i}": "consumed" for i in range(20)},
+    )
     # 10 finishes in the first 5.5 s: about 10/5.5 = 1.8/s (a plain EWMA would say ~0.15)
     assert p.rate_at(row, 5.5) == pytest.approx(10 / 5.5, rel=0.1)
 
@@ -163,8 +201,11 @@ def test_rate_decays_when_stalled_and_eta_grows() -> None:
 def test_out_of_order_timestamps_are_harmless() -> None:
     seen: dict = {}
     row = fold([msg("consumed", f"s{i}", 0.0, batch_size=10) for i in range(10)], seen=seen)
-    row = fold([msg("completed", "s0", 10.0), msg("completed", "s1", 9.0),
-                msg("completed", "s2", 11.0)], row=row, seen=seen)
+    row = fold(
+        [msg("completed", "s0", 10.0), msg("completed", "s1", 9.0), msg("completed", "s2", 11.0)],
+        row=row,
+        seen=seen,
+    )
     assert row["last_finish_at"] == 11.0
     # the late s1 (t=9 after t=10) is added undecayed; s2 then decays both by 1 s
     assert row["rate_weight"] == pytest.approx(2 * math.exp(-1 / p.RATE_TAU) + 1, rel=1e-9)
@@ -203,8 +244,13 @@ def test_histogram_quantiles() -> None:
 
 def test_view_reports_p50_p95_seconds() -> None:
     seen: dict = {}
-    row = fold([msg("completed", f"s{i}", float(i), batch_size=20, duration_ms=400 + 10 * i)
-                for i in range(20)], seen=seen)
+    row = fold(
+        [
+            msg("completed", f"s{i}", float(i), batch_size=20, duration_ms=400 + 10 * i)
+            for i in range(20)
+        ],
+        seen=seen,
+    )
     v = p.view(row, now=20.0)
     assert 0.3 <= v["duration_p50_s"] <= 0.75 and v["duration_p95_s"] <= 0.75
 

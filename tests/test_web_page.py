@@ -86,14 +86,19 @@ def run_batch(stack: EmbeddedStack, n: int) -> tuple[ManagedProcess, str]:
         "checkpoint_topic": f"checkpoints-{tag}",
     }
     worker = stack.start_worker(
-        0, kafka_consumer_group=f"page-{tag}", concurrent_conversations=20,
-        llm_rate_limit_rps=200, **topics,
+        0,
+        kafka_consumer_group=f"page-{tag}",
+        concurrent_conversations=20,
+        llm_rate_limit_rps=200,
+        **topics,
     )
     batch_id = f"page-{tag}"
-    events = make_events(n, callback_url=f"{stack.sink_url}/callback", batch_id=batch_id,
-                         max_iterations=4, seed=7)
-    settings = load_settings(kafka_bootstrap_servers=stack.bootstrap,
-                             kafka_partitions=stack.partitions, **topics)
+    events = make_events(
+        n, callback_url=f"{stack.sink_url}/callback", batch_id=batch_id, max_iterations=4, seed=7
+    )
+    settings = load_settings(
+        kafka_bootstrap_servers=stack.bootstrap, kafka_partitions=stack.partitions, **topics
+    )
     assert asyncio.run(produce(settings, [encode_event(e) for e in events])) == n
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -106,10 +111,19 @@ def run_batch(stack: EmbeddedStack, n: int) -> tuple[ManagedProcess, str]:
 
 def dump_dom(chromium: str, url: str, profile: Path) -> str:
     argv = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={profile}", "--dump-dom",
-        "--virtual-time-budget=5000", url,
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--dump-dom",
+        "--virtual-time-budget=5000",
+        url,
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
