@@ -14,6 +14,7 @@ import importlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 FAILED_END_REASONS = frozenset({END_LLM_ERROR, END_LLM_UNAVAILABLE})
 DLQ_ORIGINAL_LIMIT = 256 * 1024  # bytes of the original event kept in a dead letter
+FINISHED_MEMORY = 100_000  # finished runs a worker remembers to skip redeliveries at once
 
 
 def load_engine_class(path: str) -> type[ConversationEngine]:
@@ -72,6 +74,8 @@ class Runtime:
         self._start_lock = asyncio.Lock()
         # simulation id -> ({partition, offset}, future done when that run ends)
         self.running: dict[str, tuple[dict, asyncio.Future]] = {}
+        # simulation id -> ({partition, offset}, outcome) of runs finished here (newest last)
+        self.finished: OrderedDict[str, tuple[dict, str]] = OrderedDict()
         self.budgets: Any = None
         self.breaker: Any = None
         self.llm: Any = None
@@ -301,6 +305,12 @@ class Runtime:
             await asyncio.shield(future)
             log_outcome(event.id, "skipped_running", reason="redelivered while running here")
             return "skipped_running"
+        finished = self.finished.get(event.id)
+        if finished is not None and finished[0] == same_offset:
+            # Finished here and redelivered (a rebalance seeks back to the last commit): the
+            # table may not show "done" yet, the checkpoint agent applies it asynchronously.
+            log_outcome(event.id, "skipped_done", previous=finished[1], where="this worker")
+            return "skipped_done"
         await self.checkpoints_caught_up()
         row = self.simulations.get(event.id) if self.simulations is not None else None
         state: ConversationState | None = None
@@ -327,11 +337,19 @@ class Runtime:
             summary = await self.engine.run(event, state, self.checkpointer(event, source, state))
             outcome = await self.finish(event, summary, source)
             await self.checkpoint(event.id, source, "done", outcome=outcome)
+            self.remember_finished(event.id, same_offset, outcome)
             return outcome
         finally:
             metrics.conversations_active.dec()
             self.running.pop(event.id, None)
             done.set_result(None)
+
+    def remember_finished(self, simulation_id: str, where: dict, outcome: str) -> None:
+        """Keep the newest FINISHED_MEMORY finished runs (about 100 bytes each)."""
+        self.finished[simulation_id] = (where, outcome)
+        self.finished.move_to_end(simulation_id)
+        while len(self.finished) > FINISHED_MEMORY:
+            self.finished.popitem(last=False)
 
     def checkpointer(
         self, event: SimulationEvent, source: dict, resumed: ConversationState | None
