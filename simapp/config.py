@@ -174,7 +174,7 @@ def sizing_warnings(settings: Settings, workers_hint: int = 1) -> list[str]:
 
 AIOHTTP_ROUTE_WARNING = (
     "LLM_ROUTE=aiohttp_openai: with litellm 1.110.2 this route reports 0 tokens (usage is "
-    "dropped, so token metrics, summaries' usage and LLM_RATE_LIMIT_TPM see nothing) and ignores "
+    "dropped, so token metrics, summaries' usage and LLM_TPM_LIMIT see nothing) and ignores "
     "our LLM session (no send-time rate check, no LLM_CONNECTION_POOL_SIZE); it costs ~30 % "
     "less CPU per call (docs/benchmarks.md). Use LLM_ROUTE=openai unless you accept that."
 )
