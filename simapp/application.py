@@ -84,7 +84,7 @@ def stream_buffer_size(settings: Settings) -> int:
     see the first 10 records of its partition in one full-suite run (tests/test_commit_safety.py,
     1 of 7 runs; cause not found), so fetches are left as Faust has them.
     """
-    return max(64, settings.concurrent_conversations * 2, STREAM_BUFFER_EVENTS)
+    return max(settings.concurrent_conversations * 2, STREAM_BUFFER_EVENTS)
 
 
 def faust_config(settings: Settings) -> dict[str, Any]:

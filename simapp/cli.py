@@ -94,12 +94,31 @@ async def follow_batch(
     return 0 if ok else 1
 
 
+# Options shared by loadtest, submit and progress (faust's `option` is a reusable decorator).
+FOLLOW_OPTION = option(
+    "--follow/--no-follow", default=False, help="show live progress and a report"
+)
+WEB_URL_OPTION = option(
+    "--web-url",
+    default=None,
+    help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)",
+)
+FOLLOW_TIMEOUT_OPTION = option(
+    "--timeout",
+    "follow_timeout",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="follow at most this many seconds",
+)
+
+
 # ----- loadtest ---------------------------------------------------------------------------
 @app.command(
     option("--count", type=int, default=200, show_default=True, help="events in the batch"),
     option("--batch-id", default=None, help="batch id (default: a new random one)"),
     option("--rate", type=float, default=None, help="send at most this many events/s"),
-    option("--follow/--no-follow", default=False, help="show live progress and a report"),
+    FOLLOW_OPTION,
     option("--model", default="gpt-4", show_default=True),
     option(
         "--callback-url",
@@ -111,11 +130,7 @@ async def follow_batch(
         default=None,
         help="force (or forbid) the embedded stack; default: when no broker is configured",
     ),
-    option(
-        "--web-url",
-        default=None,
-        help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)",
-    ),
+    WEB_URL_OPTION,
     option("--workers", type=int, default=1, show_default=True, help="embedded workers"),
     option("--latency-ms", type=int, default=300, show_default=True, help="embedded mock latency"),
     option(
@@ -131,14 +146,7 @@ async def follow_batch(
         help="embedded workers' CONCURRENT_CONVERSATIONS (default: configured, else 100)",
     ),
     option("--seed", type=int, default=None, help="catalogue random seed"),
-    option(
-        "--timeout",
-        "follow_timeout",
-        type=float,
-        default=3600.0,
-        show_default=True,
-        help="follow at most this many seconds",
-    ),
+    FOLLOW_TIMEOUT_OPTION,
     base=SimappCommand,
 )
 async def loadtest(
@@ -307,20 +315,9 @@ def validate_lines(lines: list[str], s: Settings, batch_id: str) -> tuple[list[d
 @app.command(
     argument("file", type=str),
     option("--batch-id", default=None, help="batch id (default: a new random one)"),
-    option("--follow/--no-follow", default=False, help="show live progress and a report"),
-    option(
-        "--web-url",
-        default=None,
-        help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)",
-    ),
-    option(
-        "--timeout",
-        "follow_timeout",
-        type=float,
-        default=3600.0,
-        show_default=True,
-        help="follow at most this many seconds",
-    ),
+    FOLLOW_OPTION,
+    WEB_URL_OPTION,
+    FOLLOW_TIMEOUT_OPTION,
     base=SimappCommand,
 )
 async def submit(
@@ -367,11 +364,7 @@ async def submit(
 # ----- progress ---------------------------------------------------------------------------
 @app.command(
     option("--batch-id", default=None, help="only this batch (with details)"),
-    option(
-        "--web-url",
-        default=None,
-        help="worker web URL(s), comma-separated (default http://127.0.0.1:$METRICS_PORT)",
-    ),
+    WEB_URL_OPTION,
     option("--json", "as_json", is_flag=True, default=False, help="print the JSON answer"),
     base=SimappCommand,
 )
