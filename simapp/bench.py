@@ -406,6 +406,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         mock_args += ["--rps-limit", str(mock_limit)]
     pool_size = args.pool_size or max(50, args.concurrency)
     machine = machine_info()
+    margin = (
+        args.safety_margin
+        if args.safety_margin is not None
+        else load_settings().llm_rate_safety_margin  # the default, or the env's value
+    )
     stack = EmbeddedStack(workdir=workdir, mock_args=mock_args, partitions=args.partitions)
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -423,6 +428,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "latency_ms": args.latency_ms,
             "jitter_ms": args.jitter_ms,
             "mock_rps_limit": mock_limit,
+            "safety_margin": margin,
             "partitions": args.partitions,
             "bare_calls": args.bare_calls,
             "seed": args.seed,
@@ -447,6 +453,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "llm_connection_pool_size": pool_size,
             "llm_route": args.route,
             "log_level": "WARNING",
+            "llm_rate_safety_margin": margin,
         }
         for i in range(args.workers):
             stack.start_worker(i, wait=False, **overrides)
@@ -787,6 +794,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=float,
         default=None,
         help="the mock's own 1 s limit (429 above it); default = --rps, 0 = none",
+    )
+    p.add_argument(
+        "--safety-margin",
+        type=float,
+        default=None,
+        help="workers' LLM_RATE_SAFETY_MARGIN (default: the setting, 0.05 unless the env sets "
+        "it); the workers use at most (1 - margin) x --rps",
     )
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--bare-calls", type=int, default=2000, help="calls of the bare LiteLLM loop")

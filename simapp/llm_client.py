@@ -197,24 +197,23 @@ class LLMClient:
 
     def session(self) -> Any:
         """One aiohttp session for all LLM traffic: LLM_CONNECTION_POOL_SIZE sockets, and a
-        trace hook that applies the rate budget's send gate right before each request."""
+        trace hook that applies the rate budget's send gate to each request's write."""
         if self._session is None or self._session.closed:
             import aiohttp
 
             budgets = self.budgets
 
-            async def on_request_start(session: Any, ctx: Any, params: Any) -> None:
-                model = params.headers.get(BUDGET_HEADER)
+            async def on_request_chunk_sent(session: Any, ctx: Any, params: Any) -> None:
+                # aiohttp awaits this right before it writes the chunk (the buffered headers go
+                # with the first one), and writes in the same loop step once we return: holding
+                # here holds the request's bytes. A body written in several chunks is gated per
+                # chunk, which can only send fewer requests per second, never more.
+                model = getattr(ctx, "simapp_model", None)
                 if model is not None:
                     await budgets.send_gate(model)
-                    ctx.simapp_gate = (model, asyncio.get_running_loop().time())
 
-            async def on_request_chunk_sent(session: Any, ctx: Any, params: Any) -> None:
-                gate = getattr(ctx, "simapp_gate", None)
-                if gate is not None:  # the body is one chunk; measure once per request
-                    ctx.simapp_gate = None
-                    model, passed = gate
-                    budgets.observe_send_delay(model, asyncio.get_running_loop().time() - passed)
+            async def on_request_start(session: Any, ctx: Any, params: Any) -> None:
+                ctx.simapp_model = params.headers.get(BUDGET_HEADER)  # the budget to gate by
 
             trace = aiohttp.TraceConfig()
             trace.on_request_start.append(on_request_start)

@@ -34,10 +34,13 @@ alone, plus about one slot per margin-request (with LLM_RATE_SAFETY_MARGIN's def
 ~50 ms over a second): that is the send/arrival jitter we tolerate before the provider's 1 s
 window could count one request too many.
 
-At send time (``send_gate``, called by the LLM session right before a request goes out) the
-bound is enforced on the gate's own times, spaced by an extra allowance: the largest delay
-between gate and body write seen in the last 30 s (``observe_send_delay``). aiohttp writes the
-body from a task of its own, so a busy loop otherwise bunches gated requests on the wire.
+At send time (``send_gate``) the bound is enforced a second time, on the moment the request's
+bytes are written: the LLM session's trace hook awaits the gate inside aiohttp's chunk-sent
+callback, which runs right before the write, in the same event-loop step. The gate's times are
+the write times, so any 1 s window of *written* requests holds at most ceil(rate) per model,
+however LiteLLM's work or a busy loop bunched the requests after their grants. (A gate at
+request start, before the connection and the body task, needed an allowance for the delay to
+the write and lost rate / (1 + delay) of throughput: 0.883 of a 40 rps budget, bench 2026-11-27.)
 """
 
 from __future__ import annotations
@@ -62,8 +65,6 @@ logger = logging.getLogger(__name__)
 
 TPM_WINDOW_SECONDS = 60.0
 GRID_SLACK = 0.05  # timer lateness absorbed by the smooth grid (busy event loops are late)
-SEND_DELAY_HORIZON = 30.0  # seconds of gate-to-wire delays the send gate remembers
-SEND_DELAY_CAP = 0.25  # the largest delay allowance, in seconds (a stall beyond it is an outlier)
 _WINDOW_EPSILON = 1e-6  # "more than 1 s", so closed 1 s windows obey the bound too
 
 
@@ -128,9 +129,7 @@ class ModelBudget:
         self._timer: asyncio.TimerHandle | None = None
         self._last_slot = -math.inf  # grid slot of the last grant
         self._recent: deque[float] = deque(maxlen=window_bound(self.rate))  # last B grants
-        self._sent: deque[float] = deque(maxlen=4096)  # send times, for send_gate
-        # (at, gate-to-wire delay), a sliding-window maximum: delays decrease front to back
-        self._delays: deque[tuple[float, float]] = deque()
+        self._sent: deque[float] = deque(maxlen=4096)  # write times, for send_gate
         self._paused_until = 0.0
         self._ledger: deque[_TokenEntry] = deque()  # grants of the last 60 s, oldest first
         self._pending: deque[_TokenEntry] = deque()  # ledger entries still holding an estimate
@@ -192,53 +191,23 @@ class ModelBudget:
         self._reschedule()
 
     async def send_gate(self) -> float:
-        """Right before the bytes go out: hold a request while ceil(rate) requests of this model
-        were already *sent* in the last second. Grants are paced by `acquire`, but the work
-        between a grant and the socket write (LiteLLM builds the request, on a busy loop) can
-        bunch sends together; this keeps the bound on the send times. Returns seconds held."""
+        """Right before a request's bytes are written: hold it while ceil(rate) requests of this
+        model were written in the last second. Grants are paced by `acquire`, but the work
+        between a grant and the write (LiteLLM builds the request; aiohttp writes the body from
+        a task of its own) bunches requests on a busy loop; this keeps the bound on the write
+        times themselves. Returns seconds held."""
         loop = self._bind_loop()
         sent = self._sent
         bound = window_bound(self.rate) if self.rate > 0 else 1
         held = 0.0
         while (
-            len(sent) >= bound
-            and (wait := sent[-bound] + 1.0 + self.send_delay_allowance() + 1e-6 - loop.time()) > 0
+            len(sent) >= bound and (wait := sent[-bound] + 1.0 + _WINDOW_EPSILON - loop.time()) > 0
         ):
             held += wait
             await asyncio.sleep(wait)
             bound = window_bound(self.rate) if self.rate > 0 else 1
         sent.append(loop.time())
         return held
-
-    def observe_send_delay(self, delay: float) -> None:
-        """A request passed the gate `delay` seconds before its body was written.
-
-        aiohttp writes the body from a task of its own, so on a busy event loop requests that
-        passed the gate at proper intervals reach the wire together. Measured without Faust,
-        40 rps, margin 5 %: the gate's busiest second held 38, the written bodies' 39-41 and
-        the provider (mock) counted what was written (41 = one 429) with two CPU hogs running.
-        """
-        now = self._bind_loop().time()
-        delay = max(0.0, delay)
-        delays = self._delays
-        while delays and delays[-1][1] <= delay:
-            delays.pop()
-        delays.append((now, delay))
-
-    def send_delay_allowance(self) -> float:
-        """The largest gate-to-wire delay of the last SEND_DELAY_HORIZON s (capped).
-
-        The gate spaces every ceil(rate)+1 sends more than 1 s + this apart, so with delays up
-        to it, any 1 s window of *written* requests still holds at most ceil(rate): B+1 sends
-        span > 1 + D at the gate and, each delayed by at most D, > 1 s on the wire. It costs
-        throughput only while the loop is slow: rate / (1 + D) at most.
-        """
-        delays = self._delays
-        if self._loop is not None:
-            horizon = self._loop.time() - SEND_DELAY_HORIZON
-            while delays and delays[0][0] < horizon:
-                delays.popleft()
-        return min(SEND_DELAY_CAP, delays[0][1]) if delays else 0.0
 
     def pause(self, seconds: float) -> None:
         """Hold every current and future waiter until now+seconds; never shortens a pause."""
@@ -440,10 +409,6 @@ class RateBudgets:
     async def send_gate(self, model: str) -> float:
         """See ModelBudget.send_gate: the bound enforced again at the moment of sending."""
         return await self.budget(model).send_gate()
-
-    def observe_send_delay(self, model: str, delay: float) -> None:
-        """See ModelBudget.observe_send_delay: how late a gated request reached the wire."""
-        self.budget(model).observe_send_delay(delay)
 
     def pause(self, model: str, seconds: float) -> None:
         """E.g. a 429 Retry-After: that model's callers wait until now+seconds (never shorter)."""

@@ -210,6 +210,58 @@ def test_what_each_route_keeps_usage_and_send_gate(route: str) -> None:
         assert route_warnings(settings) and "0 tokens" in route_warnings(settings)[0]
 
 
+def test_send_gate_holds_the_bytes_on_a_stalling_loop(stack, workers):
+    """The send gate sits in aiohttp's chunk-sent hook, right before the write: on a loop that
+    keeps stalling (time.sleep, what a CPU-bound worker looks like to its own tasks), requests
+    fired all at once through our LLM session still reach the provider (the mock, its own
+    process, its own clock) at most ceil(rate) per second, and every one is answered."""
+    from simapp.llm_client import BUDGET_HEADER, LLMClient
+    from simapp.ratelimit import RateBudgets
+
+    rps, count = 5, 16
+    mock_config(stack, latency_ms=1, latency_jitter_ms=0, rps_limit=rps)
+    http_json(f"{stack.mock_url}/admin/reset", {})
+
+    async def scenario() -> list[int]:
+        settings = load_settings(llm_backend_url=f"{stack.mock_url}/v1", llm_api_key=stack.api_key)
+        client = LLMClient(settings, RateBudgets(rps=rps, safety_margin=0.0), _NoBreaker())
+        session = client.session()
+        stop = asyncio.Event()
+
+        async def stall() -> None:
+            # First stall: the requests have started (a gate at request start would have let
+            # ceil(rate) of them through) but none is written yet; they are written after it,
+            # together with whatever the next second lets through.
+            time.sleep(0.5)  # noqa: ASYNC251 - the point: a busy loop
+            while not stop.is_set():
+                await asyncio.sleep(0.03)
+                time.sleep(0.12)  # noqa: ASYNC251
+
+        async def post(i: int) -> int:
+            async with session.post(
+                f"{stack.mock_url}/v1/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": f"hi {i}"}]},
+                headers={BUDGET_HEADER: MODEL, "Authorization": f"Bearer {stack.api_key}"},
+            ) as response:
+                await response.read()
+                return response.status
+
+        posts = [asyncio.create_task(post(i)) for i in range(count)]
+        staller = asyncio.create_task(stall())  # runs after the posts' first steps
+        try:
+            return await asyncio.gather(*posts)
+        finally:
+            stop.set()
+            await staller
+            await client.close()
+
+    statuses = asyncio.run(scenario())
+    stats = mock_stats(stack, detail=True)
+    assert statuses == [200] * count, densest(stats)
+    assert stats["requests"] == count
+    assert stats["max_1s_window"] <= window_bound(rps), densest(stats)
+
+
 class _NoBudget:
     def __init__(self) -> None:
         self.pauses: list[tuple[str, float]] = []
