@@ -278,9 +278,6 @@ class _NoBudget:
     async def send_gate(self, model: str) -> float:
         return 0.0
 
-    def observe_send_delay(self, model: str, delay: float) -> None:
-        pass
-
 
 class _NoBreaker:
     async def call(self, fn: Any, deadline: float | None = None) -> Any:
