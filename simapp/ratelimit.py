@@ -34,13 +34,15 @@ alone, plus about one slot per margin-request (with LLM_RATE_SAFETY_MARGIN's def
 ~50 ms over a second): that is the send/arrival jitter we tolerate before the provider's 1 s
 window could count one request too many.
 
-At send time (``send_gate``) the bound is enforced a second time, on the moment the request's
-bytes are written: the LLM session's trace hook awaits the gate inside aiohttp's chunk-sent
-callback, which runs right before the write, in the same event-loop step. The gate's times are
-the write times, so any 1 s window of *written* requests holds at most ceil(rate) per model,
-however LiteLLM's work or a busy loop bunched the requests after their grants. (A gate at
-request start, before the connection and the body task, needed an allowance for the delay to
-the write and lost rate / (1 + delay) of throughput: 0.883 of a 40 rps budget, bench 2026-11-27.)
+At send time (``send_gate``) the bounds are enforced a second time, on the moment the
+request's bytes are written: the LLM session's trace hook awaits the gate inside aiohttp's
+chunk-sent callback, which runs right before the write, in the same event-loop step. The gate's
+times are the write times, however LiteLLM's work or a busy loop bunched requests after their
+grants: any 1 s window of writes holds at most ceil(rate), and any 1 + tau window at most
+P = floor(rps * share), tau being the spacing the margin gives paced requests (``send_rules``).
+(A gate at request start, before the connection and the body task, needed an allowance for the
+delay to the write and kept only rate / (1 + delay): 0.855-0.883 of the budget, bench
+2026-11-27.)
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ logger = logging.getLogger(__name__)
 
 TPM_WINDOW_SECONDS = 60.0
 GRID_SLACK = 0.05  # timer lateness absorbed by the smooth grid (busy event loops are late)
+SEND_TOLERANCE_SLACK = 0.001  # paced requests stay this far inside the send gate's rule 2
 _WINDOW_EPSILON = 1e-6  # "more than 1 s", so closed 1 s windows obey the bound too
 
 
@@ -124,6 +127,7 @@ class ModelBudget:
         self.tpm = tpm
         self.stats = ModelStats()
         self._factor = share * (1.0 - safety_margin)
+        self._margin = safety_margin
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: deque[_Waiter] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -190,22 +194,47 @@ class ModelBudget:
             self._ledger_sum += tokens
         self._reschedule()
 
+    def send_rules(self) -> tuple[tuple[int, float], ...]:
+        """(count, seconds): at most `count` writes in any window of `seconds`.
+
+        1. ceil(rate) per 1 s: our own bound, as for grants.
+        2. P = floor(rps * share), this worker's part of the provider's limit, per 1 + tau s,
+           with tau = P / rate - 1 (minus 1 ms): the spacing the safety margin gives P + 1
+           paced requests (52 ms at 5 %). Paced requests never meet it; requests that a busy
+           loop bunched are spread again, so the provider still sees at most P in any of its
+           1 s windows when its arrival times jitter by up to tau. Rule 1 alone let bunched
+           requests out as a burst at each window edge, and 2-6 ms of jitter then made the
+           provider count 41 at a 40 rps limit (mock, one worker, no Faust, 2026-11-27).
+        """
+        rate = self.rate
+        if rate <= 0:
+            return ((1, 1.0),)
+        bound = window_bound(rate)
+        provider = max(bound, math.floor(rate / (1.0 - self._margin) + 1e-9))
+        tolerance = max(0.0, provider / rate - 1.0 - SEND_TOLERANCE_SLACK)
+        if provider == bound and tolerance == 0.0:
+            return ((bound, 1.0),)
+        return ((bound, 1.0), (provider, 1.0 + tolerance))
+
     async def send_gate(self) -> float:
-        """Right before a request's bytes are written: hold it while ceil(rate) requests of this
-        model were written in the last second. Grants are paced by `acquire`, but the work
-        between a grant and the write (LiteLLM builds the request; aiohttp writes the body from
-        a task of its own) bunches requests on a busy loop; this keeps the bound on the write
-        times themselves. Returns seconds held."""
+        """Right before a request's bytes are written: hold it until `send_rules` allow one
+        more write. Grants are paced by `acquire`, but the work between a grant and the write
+        (LiteLLM builds the request; aiohttp writes the body from a task of its own) bunches
+        requests on a busy loop; this keeps the bounds on the write times themselves. Returns
+        seconds held."""
         loop = self._bind_loop()
         sent = self._sent
-        bound = window_bound(self.rate) if self.rate > 0 else 1
         held = 0.0
-        while (
-            len(sent) >= bound and (wait := sent[-bound] + 1.0 + _WINDOW_EPSILON - loop.time()) > 0
-        ):
+        while True:
+            now = loop.time()
+            wait = 0.0
+            for count, seconds in self.send_rules():
+                if len(sent) >= count:
+                    wait = max(wait, sent[-count] + seconds + _WINDOW_EPSILON - now)
+            if wait <= 0:
+                break
             held += wait
             await asyncio.sleep(wait)
-            bound = window_bound(self.rate) if self.rate > 0 else 1
         sent.append(loop.time())
         return held
 
