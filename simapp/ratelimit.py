@@ -224,19 +224,18 @@ class ModelBudget:
         seconds held."""
         loop = self._bind_loop()
         sent = self._sent
-        held = 0.0
+        arrived = now = loop.time()
         while True:
-            now = loop.time()
             wait = 0.0
             for count, seconds in self.send_rules():
                 if len(sent) >= count:
                     wait = max(wait, sent[-count] + seconds + _WINDOW_EPSILON - now)
             if wait <= 0:
                 break
-            held += wait
             await asyncio.sleep(wait)
-        sent.append(loop.time())
-        return held
+            now = loop.time()
+        sent.append(now)
+        return now - arrived
 
     def pause(self, seconds: float) -> None:
         """Hold every current and future waiter until now+seconds; never shortens a pause."""

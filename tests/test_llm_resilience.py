@@ -210,11 +210,13 @@ def test_what_each_route_keeps_usage_and_send_gate(route: str) -> None:
         assert route_warnings(settings) and "0 tokens" in route_warnings(settings)[0]
 
 
-def test_send_gate_holds_the_bytes_on_a_stalling_loop(stack, workers):
+@pytest.mark.parametrize("margin", [0.0, MARGIN])
+def test_send_gate_holds_the_bytes_on_a_stalling_loop(stack, workers, margin: float):
     """The send gate sits in aiohttp's chunk-sent hook, right before the write: on a loop that
     keeps stalling (time.sleep, what a CPU-bound worker looks like to its own tasks), requests
     fired all at once through our LLM session still reach the provider (the mock, its own
-    process, its own clock) at most ceil(rate) per second, and every one is answered."""
+    process, its own clock) at most ceil(rate) per second, and every one is answered. With
+    the margin, both of the gate's rules apply (simapp/ratelimit.py `send_rules`)."""
     from simapp.llm_client import BUDGET_HEADER, LLMClient
     from simapp.ratelimit import RateBudgets
 
@@ -224,7 +226,7 @@ def test_send_gate_holds_the_bytes_on_a_stalling_loop(stack, workers):
 
     async def scenario() -> list[int]:
         settings = load_settings(llm_backend_url=f"{stack.mock_url}/v1", llm_api_key=stack.api_key)
-        client = LLMClient(settings, RateBudgets(rps=rps, safety_margin=0.0), _NoBreaker())
+        client = LLMClient(settings, RateBudgets(rps=rps, safety_margin=margin), _NoBreaker())
         session = client.session()
         stop = asyncio.Event()
 
