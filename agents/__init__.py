@@ -1,3 +1,1 @@
-"""Faust agents of simapp; importing this package registers them on the app."""
-
-from agents import checkpoints, progress, simulate  # noqa: F401
+"""Faust agents of simapp (installed as simapp.agents; Faust's autodiscovery imports them)."""

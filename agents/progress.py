@@ -1,7 +1,7 @@
 """The progress agent: folds progress messages into the progress tables (concurrency 1).
 
-Runtime sends one message per simulation state change to the progress topic, keyed by batch
-id, so every message of a batch lands on one partition and this agent, on the worker owning
+The pipeline sends one message per simulation state change to the progress topic, keyed by
+batch id, so every message of a batch lands on one partition and this agent, on the worker owning
 that partition, is the only writer of the batch's row (ARCHITECTURE.md: only concurrency-1
 agents write tables). It also keeps the per-batch Prometheus gauges of the batches it owns.
 The topic is declared raw (simapp/application.py) and decoded here, so a malformed message is
@@ -14,10 +14,11 @@ import json
 import logging
 from typing import Any
 
+from simapp.tables.progress import local_rows, progress_seen_table, progress_table, seen_key
+
 from simapp import metrics
 from simapp.application import app, topics
 from simapp.progress import BadMessage, apply_once, parse_message, view
-from tables.progress import local_rows, progress_seen_table, progress_table, seen_key
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ async def track_progress(stream: Any) -> None:
         except (BadMessage, ValueError, TypeError) as exc:
             log.warning(
                 "skipping bad progress message at %s[%s]@%s: %s",
-                event.message.topic, event.message.partition, event.message.offset, exc,
+                event.message.topic,
+                event.message.partition,
+                event.message.offset,
+                exc,
             )
 
 

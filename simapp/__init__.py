@@ -1,7 +1,8 @@
 """simapp: LLM conversation simulations from Kafka, under a strict rate limit.
 
-`faust -A simapp worker` looks up `simapp.app`; it is imported lazily so that light modules
-(the mock LLM server, the sink, the settings) do not pay for Faust and LiteLLM imports.
+`faust -A simapp worker` looks up `simapp.app`: the Faust app, built in simapp/application.py
+on first access, so that light modules (the mock LLM, the sink, the settings) do not pay for
+Faust's import.
 """
 
 from typing import Any

@@ -172,7 +172,7 @@ def bare_messages() -> list[list[dict[str, str]]]:
 
 
 async def bare_loop(args: argparse.Namespace) -> dict[str, Any]:
-    from simapp.llm_client import import_litellm
+    from simapp.litellm_route import import_litellm
 
     t_import = time.perf_counter()
     litellm = import_litellm(args.pool_size)

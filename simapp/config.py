@@ -17,6 +17,14 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+class LLMRoute(StrEnum):
+    """How LLM calls reach the provider."""
+
+    auto = "auto"  # openai when LLM_BACKEND_URL is set, else litellm
+    openai = "openai"  # POST {LLM_BACKEND_URL}/chat/completions on our own aiohttp session
+    litellm = "litellm"  # the LiteLLM library: routing by model name to any provider
+
+
 class BrokerProfile(StrEnum):
     """Which broker the Faust settings are tuned for."""
 
@@ -48,7 +56,6 @@ class Settings(BaseSettings):
     results_topic: str = "simulation-results"
     dlq_topic: str = "simulation-events-dlq"
     progress_topic: str = "simulation-progress"
-    checkpoint_topic: str = "simulation-checkpoints"
     kafka_replication_factor: int = Field(1, ge=1, le=10)
     broker_profile: BrokerProfile = BrokerProfile.kafka
     commit_interval: float = Field(2.0, gt=0, le=60)
@@ -72,9 +79,10 @@ class Settings(BaseSettings):
     llm_connection_pool_size: int = Field(50, ge=1, le=100_000)
     llm_api_key: SecretStr | None = None
     # --- LLM client (ours) ---
-    llm_route: str = Field(
-        "openai",
-        description="LiteLLM provider prefix used with LLM_BACKEND_URL (openai or aiohttp_openai)",
+    llm_route: LLMRoute = Field(
+        LLMRoute.auto,
+        description="auto: the OpenAI protocol spoken directly when LLM_BACKEND_URL is set, "
+        "else the LiteLLM library; openai or litellm force one",
     )
     user_simulator_model: str | None = None
     llm_global_rate_limit_rps: float | None = Field(None, gt=0)
@@ -108,7 +116,9 @@ class Settings(BaseSettings):
     web_bind: str = "0.0.0.0"
     log_format: str = Field("text", pattern="^(text|json)$")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
-    worker_datadir: str = "var/worker"
+    worker_datadir: str | None = Field(
+        None, description="Faust data directory; unset = faust --datadir, else Faust's default"
+    )
     table_store: str = Field("rocksdb://", description="rocksdb:// (durable) or memory://")
 
     @field_validator("callback_allowed_hosts", "allowed_models", mode="before")
@@ -138,16 +148,21 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(entry, strict=False)  # raises ValueError naming the entry
         return [entry.lower() for entry in value]
 
-    @field_validator("llm_route")
-    @classmethod
-    def _route(cls, value: str) -> str:
-        if value not in {"openai", "aiohttp_openai", "hosted_vllm", "litellm_proxy"}:
-            raise ValueError("must be one of openai, aiohttp_openai, hosted_vllm, litellm_proxy")
-        return value
-
     @property
     def embedded(self) -> bool:
         return self.broker_profile is BrokerProfile.embedded
+
+    @property
+    def direct_llm_route(self) -> bool:
+        """Whether LLM calls speak the OpenAI protocol on our own session (not via LiteLLM)."""
+        if self.llm_route is LLMRoute.auto:
+            return self.llm_backend_url is not None
+        return self.llm_route is LLMRoute.openai
+
+    @property
+    def llm_base_rps(self) -> float:
+        """The request budget before this worker's share: the group's, or the instance's."""
+        return self.llm_global_rate_limit_rps or self.llm_rate_limit_rps
 
 
 def sizing_warnings(settings: Settings, workers_hint: int = 1) -> list[str]:
@@ -155,7 +170,7 @@ def sizing_warnings(settings: Settings, workers_hint: int = 1) -> list[str]:
     flight. Each conversation has at most one call in flight, and each call needs a socket."""
     rate = settings.llm_rate_limit_rps
     if settings.llm_global_rate_limit_rps:
-        rate = min(rate, settings.llm_global_rate_limit_rps / max(1, workers_hint))
+        rate = settings.llm_global_rate_limit_rps / max(1, workers_hint)
     needed = rate * settings.llm_expected_latency
     warnings = []
     if settings.concurrent_conversations < needed:
@@ -170,21 +185,6 @@ def sizing_warnings(settings: Settings, workers_hint: int = 1) -> list[str]:
             f"{min(settings.concurrent_conversations, needed):.0f} calls that will be in flight"
         )
     return warnings
-
-
-AIOHTTP_ROUTE_WARNING = (
-    "LLM_ROUTE=aiohttp_openai: with litellm 1.110.2 this route reports 0 tokens (usage is "
-    "dropped, so token metrics, summaries' usage and LLM_TPM_LIMIT see nothing) and ignores "
-    "our LLM session (no send-time rate check, no LLM_CONNECTION_POOL_SIZE); it costs ~30 % "
-    "less CPU per call (docs/benchmarks.md). Use LLM_ROUTE=openai unless you accept that."
-)
-
-
-def route_warnings(settings: Settings) -> list[str]:
-    """What the chosen LiteLLM route gives up (tests/test_llm_resilience.py measures it)."""
-    if settings.llm_backend_url and settings.llm_route == "aiohttp_openai":
-        return [AIOHTTP_ROUTE_WARNING]
-    return []
 
 
 class SettingsError(SystemExit):

@@ -31,7 +31,15 @@ END_MAX_ITERATIONS = "max_iterations"
 END_TIMEOUT = "timeout"
 END_LLM_ERROR = "llm_error"
 END_LLM_UNAVAILABLE = "llm_unavailable"
-END_REASONS = (END_COMPLETED, END_MAX_ITERATIONS, END_TIMEOUT, END_LLM_ERROR, END_LLM_UNAVAILABLE)
+END_CONTEXT_WINDOW = "context_window_exceeded"
+END_REASONS = (
+    END_COMPLETED,
+    END_MAX_ITERATIONS,
+    END_TIMEOUT,
+    END_LLM_ERROR,
+    END_LLM_UNAVAILABLE,
+    END_CONTEXT_WINDOW,
+)
 
 
 @dataclass(slots=True)
@@ -53,9 +61,18 @@ class LLMError(Exception):
 
 
 class LLM(Protocol):
-    """What the engine needs from an LLM client."""
+    """What the engine needs from an LLM client (simapp.llm_client.LLMClient)."""
 
-    async def complete(self, model: str, messages: list[dict[str, str]]) -> Completion: ...
+    async def complete(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        *,
+        role: str = "assistant",
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        endpoint: str | None = None,
+    ) -> Completion: ...
 
 
 @dataclass(slots=True)

@@ -1,4 +1,8 @@
-"""Structured logs: text or JSON lines (LOG_FORMAT), one `outcome` line per simulation."""
+"""Structured logs: text or JSON lines (LOG_FORMAT), one `outcome` line per simulation.
+
+`logging_config` is handed to Faust's worker (the app's `logging_config` setting), which
+applies it before it logs anything, so LOG_FORMAT=json holds from a worker's first line.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 outcome_log = logging.getLogger("simapp.outcome")
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+CHATTY_LOGGERS = ("LiteLLM", "litellm", "httpx", "aiokafka")  # their warnings still show
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,19 +35,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str, ensure_ascii=False)
 
 
-def configure(fmt: str, level: str = "INFO") -> None:
-    """Switch every root handler to JSON lines when asked; set the level."""
-    root = logging.getLogger()
-    root.setLevel(level)
-    if fmt == "json":
-        formatter = JsonFormatter()
-        if not root.handlers:
-            root.addHandler(logging.StreamHandler())
-        for handler in root.handlers:
-            handler.setFormatter(formatter)
-    # LiteLLM and aiokafka are chatty at INFO; their warnings still show.
-    for name in ("LiteLLM", "litellm", "httpx", "aiokafka"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+def logging_config(fmt: str, level: str = "INFO") -> dict[str, Any]:
+    """A logging.config dict: JSON lines on stdout, or Faust's own text format (merged)."""
+    quiet = {name: {"level": "WARNING"} for name in CHATTY_LOGGERS}
+    if fmt != "json":
+        return {"version": 1, "merge": True, "loggers": quiet, "root": {"level": level}}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            }
+        },
+        "root": {"level": level, "handlers": ["json"]},
+        "loggers": quiet,
+    }
 
 
 def log_outcome(simulation_id: str | None, outcome: str, **fields: Any) -> None:

@@ -8,6 +8,8 @@ from them so the seed's example PromQL runs unchanged in Prometheus.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -70,7 +72,13 @@ llm_rate_limit_wait_seconds = Counter(
 )
 llm_rate_limit_rps = Gauge(
     "llm_rate_limit_rps",
-    "This worker's effective request budget per model (requests/s)",
+    "This worker's effective request budget per backend (requests/s, every model)",
+    ["budget"],
+    registry=REGISTRY,
+)
+llm_model_rate_limit_rps = Gauge(
+    "llm_model_rate_limit_rps",
+    "This worker's effective per-model ceiling inside its backend budget (requests/s)",
     ["model"],
     registry=REGISTRY,
 )
@@ -146,6 +154,14 @@ class LLMMetrics:
 
     def breaker_state(self, backend: str, state: str) -> None:
         circuit_breaker_state.labels(backend).set(_BREAKER_STATES.get(state, 0))
+
+
+def budget_rates(limits: Any) -> None:
+    """Export the effective rate of every budget of a simapp.ratelimit.RateLimits."""
+    for budget in limits.backends():
+        llm_rate_limit_rps.labels(budget.name).set(budget.rate)
+    for budget in limits.ceilings():
+        llm_model_rate_limit_rps.labels(budget.name.removeprefix("model:")).set(budget.rate)
 
 
 def exposition() -> bytes:

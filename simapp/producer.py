@@ -19,7 +19,6 @@ def all_topic_names(settings: Settings) -> list[str]:
         settings.results_topic,
         settings.dlq_topic,
         settings.progress_topic,
-        settings.checkpoint_topic,
     ]
 
 

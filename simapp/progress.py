@@ -1,7 +1,9 @@
-"""Batch progress as pure functions: fold progress messages into a row, and view a row.
+"""Batch progress: the messages workers send, and pure functions that fold them into a row.
 
-No Faust here, so the arithmetic is unit-tested without a broker. The progress agent
-(agents/progress.py) owns the tables and calls these functions; the web views call `view`.
+The simulate agent reports each simulation's state changes with `ProgressReporter` to the
+progress topic, keyed by batch id; the progress agent (agents/progress.py) owns the tables and
+folds the messages with `apply_once`; the web views call `view`. No Faust here, so the
+arithmetic is unit-tested without a broker.
 
 A *row* is a JSON-able dict, one per batch. Progress messages can repeat (a crash or a
 rebalance redelivers events), so the agent keeps a *seen* state per (batch, simulation) and
@@ -21,9 +23,10 @@ Viewing decays S to "now", so a stalled batch shows a falling rate and a growing
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 KINDS = ("consumed", "completed", "failed")
@@ -56,6 +59,39 @@ DURATION_BUCKETS_MS: tuple[int, ...] = (
     600_000,
 )
 ROW_VERSION = 1
+
+
+def progress_message(
+    batch_id: str,
+    kind: str,
+    simulation_id: str,
+    *,
+    reason: str | None = None,
+    batch_size: int | None = None,
+    duration_ms: int | None = None,
+    at: float | None = None,
+) -> dict[str, Any]:
+    """One progress message, as `parse_message` reads it back."""
+    return {
+        "batch_id": batch_id,
+        "kind": kind,
+        "simulation_id": simulation_id,
+        "reason": reason,
+        "batch_size": batch_size,
+        "duration_ms": duration_ms,
+        "at": time.time() if at is None else at,
+    }
+
+
+class ProgressReporter:
+    """Sends progress messages keyed by batch id, so one agent owns each batch's row."""
+
+    def __init__(self, send: Callable[[bytes, bytes], Awaitable[Any]]) -> None:
+        self._send = send
+
+    async def report(self, batch_id: str, kind: str, simulation_id: str, **fields: Any) -> None:
+        message = progress_message(batch_id, kind, simulation_id, **fields)
+        await self._send(batch_id.encode(), json.dumps(message).encode())
 
 
 class BadMessage(ValueError):

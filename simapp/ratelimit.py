@@ -1,48 +1,23 @@
-"""Per-model request pacing (RPS) and token budgets (TPM) for one worker.
+"""Request budgets towards LLM providers: never more than the limit in any 1 s window.
 
-Why not ``aiolimiter``: ``AsyncLimiter(R, 1.0)`` starts with a full bucket and refills while it
-drains, so a strict sliding-window meter can see up to 2R requests in one second. The smooth
-shape ``AsyncLimiter(1, 1/R)`` is burst-free and was FIFO with 300 waiters here, but it times
-each release from the previous actual one, so millisecond timer lateness is lost every time
-(measured: 46.6/s at R=49, 185/s at R=200, 833/s at R=1000); and its rate cannot be changed
-while tasks wait, nor can it pause. We need ``set_share``, 429 pauses and the full rate, so each
-model gets a tiny exact scheduler instead (measured: 48.9/s, 199/s, 973/s at those rates):
+A worker has one budget per backend (the provider behind LLM_BACKEND_URL or LiteLLM, and each
+configured assistant endpoint): LLM_RATE_LIMIT_RPS, or this worker's share of
+LLM_GLOBAL_RATE_LIMIT_RPS, bounds every call of the instance, whatever its model or role.
+Per-model limits (LLM_MODEL_RATE_LIMITS) are extra ceilings inside it. A call waits for every
+budget it belongs to, in FIFO order, and its bytes are held again at the write (`send_gate`)
+so that the provider, which counts arrivals, never sees more than the bound.
 
-* waiters queue FIFO in a deque, each on its own future (no polling, no busy loop);
-* one ``loop.call_at`` timer per model releases the head of the queue when it is ready --
-  computed *at release time*, so a new share, a pause or freed tokens apply at once to waiters
-  already queued, without a burst;
-* ``acquire`` is O(1): a future, a deque append and at most one timer (a few microseconds); an
-  idle model with budget grants synchronously without a timer.
+Each budget is a small exact scheduler (not aiolimiter: a bucket lets 2R through in the first
+second, and it cannot re-rate or pause queued waiters; docs/benchmarks.md measures both):
 
-When a request is ready (all must hold):
+1. grants sit on a grid 1/rate apart; a grant up to GRID_SLACK after its slot keeps the grid
+   (a busy loop's late timers cost no throughput), a later one restarts it (no catch-up burst);
+2. the B-th previous grant must be more than 1 s old, B = ceil(rate): any 1 s window of
+   loop.time() holds at most ceil(rate) grants, whatever the timers do;
+3. not paused (429), and with a TPM limit the tokens of the last 60 s leave room.
 
-1. Smooth grid: slots are ``1/rate`` apart. A grant up to ``GRID_SLACK`` (50 ms) after its
-   slot keeps the grid, so timer lateness on a busy event loop does not cost throughput (with
-   2 ms, a worker at 67 % of a core lost half its budget: the bench of 2026-11-27); a later
-   grant (idle, pause, stalled loop) restarts the grid at that grant, so there is never a
-   catch-up burst larger than ``GRID_SLACK * rate`` requests, and rule 2 still holds.
-2. The bound, enforced exactly: with ``B = ceil(rate)``, a grant needs the B-th previous grant
-   of that model to be more than 1 s (+1 us) old. Hence **any 1 s window of loop.time(), open
-   or closed, holds at most ceil(rate) grants** of one model, whatever the timers do.
-3. Not paused; and with a TPM limit, the token budget of the last 60 s has room.
-
-``rate = configured * share * (1 - safety_margin)``. With an integer ``configured * share`` and
-a margin > 0, ``ceil(rate) <= configured * share``. The provider meters on its own clock a few
-ms after our send: ``configured * share + 1`` consecutive grants span more than 1 s by rule 2
-alone, plus about one slot per margin-request (with LLM_RATE_SAFETY_MARGIN's default 5 %,
-~50 ms over a second): that is the send/arrival jitter we tolerate before the provider's 1 s
-window could count one request too many.
-
-At send time (``send_gate``) the bounds are enforced a second time, on the moment the
-request's bytes are written: the LLM session's trace hook awaits the gate inside aiohttp's
-chunk-sent callback, which runs right before the write, in the same event-loop step. The gate's
-times are the write times, however LiteLLM's work or a busy loop bunched requests after their
-grants: any 1 s window of writes holds at most ceil(rate), and any 1 + tau window at most
-P = floor(rps * share), tau being the spacing the margin gives paced requests (``send_rules``).
-(A gate at request start, before the connection and the body task, needed an allowance for the
-delay to the write and kept only rate / (1 + delay): 0.855-0.883 of the budget, bench
-2026-11-27.)
+rate = configured x share x (1 - LLM_RATE_SAFETY_MARGIN); the margin is the tolerance for the
+provider's clock, a few ms after our write (`Budget.send_rules`).
 """
 
 from __future__ import annotations
@@ -51,24 +26,22 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-
-__all__ = [
-    "GRID_SLACK",
-    "TPM_WINDOW_SECONDS",
-    "ModelBudget",
-    "ModelStats",
-    "RateBudgets",
-    "window_bound",
-]
 
 logger = logging.getLogger(__name__)
 
 TPM_WINDOW_SECONDS = 60.0
-GRID_SLACK = 0.05  # timer lateness absorbed by the smooth grid (busy event loops are late)
+GRID_SLACK = 0.05  # timer lateness absorbed by the grid (busy event loops are late)
 SEND_TOLERANCE_SLACK = 0.001  # paced requests stay this far inside the send gate's rule 2
+DEFAULT_BACKEND = "default"
 _WINDOW_EPSILON = 1e-6  # "more than 1 s", so closed 1 s windows obey the bound too
+_SEND_HISTORY = 4096  # write times kept per budget (rules look back ceil(rate) writes)
+
+
+def effective_rate(rps: float, share: float, safety_margin: float) -> float:
+    """Requests/s a worker may use: its share of the configured limit, minus the margin."""
+    return rps * share * (1.0 - safety_margin)
 
 
 def window_bound(rate: float) -> int:
@@ -77,8 +50,8 @@ def window_bound(rate: float) -> int:
 
 
 @dataclass
-class ModelStats:
-    """Counters per model, for metrics and tests."""
+class BudgetStats:
+    """Counters per budget, for metrics and tests."""
 
     acquired: int = 0
     total_wait_seconds: float = 0.0
@@ -104,36 +77,43 @@ class _TokenEntry:
         self.tokens = tokens
 
 
-class ModelBudget:
-    """One model's request budget (and optional tokens-per-minute budget) on one event loop.
+class Budget:
+    """One limit (requests/s, optionally tokens/min) paced on one event loop, FIFO.
 
-    TPM is a sliding 60 s log rather than a token bucket: a bucket that starts full and
-    refills lets 2x the budget through within 60 s, the same flaw as a bursty limiter.
-    A request with ``est_tokens`` is released only when the tokens charged in the last 60 s
-    plus its estimate fit the budget (an estimate above the whole budget waits for an empty
-    window). ``record_tokens`` replaces the oldest outstanding estimate with the actual count
-    (FIFO matching: per call it may be off when calls finish out of order, the sum is exact).
+    TPM is a sliding 60 s log, not a bucket (a full bucket lets 2x through in 60 s): a request
+    is released when the tokens charged in the last 60 s plus its estimate fit; record_tokens
+    replaces the oldest outstanding estimate with the actual count (the sum is exact).
     """
 
     def __init__(
-        self, model: str, rps: float, tpm: int | None, share: float, safety_margin: float
+        self,
+        name: str,
+        rps: float,
+        tpm: int | None = None,
+        *,
+        share: float = 1.0,
+        safety_margin: float = 0.05,
+        shared: bool = True,
     ) -> None:
         if rps <= 0:
-            raise ValueError(f"rps for {model!r} must be > 0, got {rps}")
+            raise ValueError(f"rps for {name!r} must be > 0, got {rps}")
         if tpm is not None and tpm <= 0:
-            raise ValueError(f"tpm for {model!r} must be > 0, got {tpm}")
-        self.model = model
+            raise ValueError(f"tpm for {name!r} must be > 0, got {tpm}")
+        if not 0.0 <= safety_margin < 1.0:
+            raise ValueError(f"safety_margin must be in [0, 1), got {safety_margin}")
+        self.name = name
         self.rps = rps
         self.tpm = tpm
-        self.stats = ModelStats()
-        self._factor = share * (1.0 - safety_margin)
-        self._margin = safety_margin
+        self.shared = shared  # scaled by the worker's partition share
+        self.safety_margin = safety_margin
+        self.stats = BudgetStats()
+        self._share = share if shared else 1.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: deque[_Waiter] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._last_slot = -math.inf  # grid slot of the last grant
         self._recent: deque[float] = deque(maxlen=window_bound(self.rate))  # last B grants
-        self._sent: deque[float] = deque(maxlen=4096)  # write times, for send_gate
+        self._sent: deque[float] = deque(maxlen=_SEND_HISTORY)  # write times (send_gate)
         self._paused_until = 0.0
         self._ledger: deque[_TokenEntry] = deque()  # grants of the last 60 s, oldest first
         self._pending: deque[_TokenEntry] = deque()  # ledger entries still holding an estimate
@@ -143,17 +123,21 @@ class ModelBudget:
 
     @property
     def rate(self) -> float:
-        """Effective requests/s now (configured * share * (1 - safety_margin))."""
-        return self.rps * self._factor
+        """Effective requests/s now."""
+        return effective_rate(self.rps, self._share, self.safety_margin)
 
     @property
     def token_budget(self) -> float | None:
         """Effective tokens per 60 s now, or None without a TPM limit."""
-        return None if self.tpm is None else self.tpm * self._factor
+        if self.tpm is None:
+            return None
+        return effective_rate(self.tpm, self._share, self.safety_margin)
 
-    def set_factor(self, factor: float) -> None:
-        """Apply a new share; queued waiters are re-timed from the last grant (no burst)."""
-        self._factor = factor
+    def set_share(self, share: float) -> None:
+        """Apply a new share at once; queued waiters are re-timed from the last grant."""
+        if not self.shared or share == self._share:
+            return
+        self._share = share
         if self.rate > 0:
             self._recent = deque(self._recent, maxlen=window_bound(self.rate))
         self._reschedule()
@@ -161,7 +145,7 @@ class ModelBudget:
     # -- public operations ---------------------------------------------------------------
 
     async def acquire(self, est_tokens: int = 0) -> float:
-        """Wait for this model's next request slot; returns the seconds waited."""
+        """Wait for the next request slot; returns the seconds waited."""
         loop = self._bind_loop()
         start = loop.time()
         self._drop_cancelled()
@@ -189,7 +173,7 @@ class ModelBudget:
             entry = self._pending.popleft()
             self._ledger_sum += tokens - entry.tokens
             entry.tokens = tokens
-        else:  # no estimate left (e.g. it already left the window): charge now
+        else:  # no estimate left (it already left the window): charge now
             self._ledger.append(_TokenEntry(now, tokens))
             self._ledger_sum += tokens
         self._reschedule()
@@ -198,44 +182,36 @@ class ModelBudget:
         """(count, seconds): at most `count` writes in any window of `seconds`.
 
         1. ceil(rate) per 1 s: our own bound, as for grants.
-        2. P = floor(rps * share), this worker's part of the provider's limit, per 1 + tau s,
-           with tau = P / rate - 1 (minus 1 ms): the spacing the safety margin gives P + 1
-           paced requests (52 ms at 5 %). Paced requests never meet it; requests that a busy
-           loop bunched are spread again, so the provider still sees at most P in any of its
-           1 s windows when its arrival times jitter by up to tau. Rule 1 alone let bunched
-           requests out as a burst at each window edge, and 2-6 ms of jitter then made the
-           provider count 41 at a 40 rps limit (mock, one worker, no Faust, 2026-11-27).
+        2. P = floor(rps x share), this worker's part of the provider's limit, per 1 + tau s,
+           tau = P / rate - 1 (minus 1 ms): the spacing the margin gives P + 1 paced requests
+           (52 ms at 5 %). Paced requests never meet it; requests a busy loop bunched are
+           spread again, so arrival jitter up to tau still leaves the provider at <= P.
         """
         rate = self.rate
         if rate <= 0:
             return ((1, 1.0),)
         bound = window_bound(rate)
-        provider = max(bound, math.floor(rate / (1.0 - self._margin) + 1e-9))
+        provider = max(bound, math.floor(rate / (1.0 - self.safety_margin) + 1e-9))
         tolerance = max(0.0, provider / rate - 1.0 - SEND_TOLERANCE_SLACK)
         if provider == bound and tolerance == 0.0:
             return ((bound, 1.0),)
         return ((bound, 1.0), (provider, 1.0 + tolerance))
 
-    async def send_gate(self) -> float:
-        """Right before a request's bytes are written: hold it until `send_rules` allow one
-        more write. Grants are paced by `acquire`, but the work between a grant and the write
-        (LiteLLM builds the request; aiohttp writes the body from a task of its own) bunches
-        requests on a busy loop; this keeps the bounds on the write times themselves. Returns
-        seconds held."""
-        loop = self._bind_loop()
+    def send_wait(self, now: float) -> float:
+        """Seconds until one more write at `now` would keep every send rule (0 = now)."""
         sent = self._sent
-        arrived = now = loop.time()
-        while True:
-            wait = 0.0
-            for count, seconds in self.send_rules():
-                if len(sent) >= count:
-                    wait = max(wait, sent[-count] + seconds + _WINDOW_EPSILON - now)
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait)
-            now = loop.time()
-        sent.append(now)
-        return now - arrived
+        wait = 0.0
+        for count, seconds in self.send_rules():
+            if len(sent) >= count:
+                wait = max(wait, sent[-count] + seconds + _WINDOW_EPSILON - now)
+        return wait
+
+    def record_send(self, now: float) -> None:
+        self._sent.append(now)
+
+    async def send_gate(self) -> float:
+        """Hold a write until this budget's send rules allow it; returns seconds held."""
+        return await send_gate((self,))
 
     def pause(self, seconds: float) -> None:
         """Hold every current and future waiter until now+seconds; never shortens a pause."""
@@ -243,7 +219,7 @@ class ModelBudget:
         until = self._bind_loop().time() + max(0.0, seconds)
         if until > self._paused_until:
             self._paused_until = until
-            logger.info("model %s paused for %.3fs", self.model, seconds)
+            logger.info("budget %s paused for %.3fs", self.name, seconds)
             self._reschedule()
 
     def paused_until(self) -> float:
@@ -270,7 +246,7 @@ class ModelBudget:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             if self._loop is not None:  # re-used on a new loop: old waiters and timer are dead
-                logger.warning("ModelBudget %s re-bound to a new event loop", self.model)
+                logger.warning("budget %s re-bound to a new event loop", self.name)
                 self._waiters.clear()
                 self._timer = None
             self._loop = loop
@@ -349,7 +325,7 @@ class ModelBudget:
         self._schedule()
 
     def _dispatch(self) -> None:
-        """Timer callback: release the waiters that are ready (usually one), re-arm the timer."""
+        """Timer callback: release the waiters that are ready (usually one), re-arm."""
         self._timer = None
         loop = self._loop
         if loop is None:
@@ -364,104 +340,127 @@ class ModelBudget:
         self._schedule()
 
 
-class RateBudgets:
-    """All models' budgets for this worker: each model is paced on its own (providers limit
-    per model); ``share`` scales every budget to the part of the global limit this worker owns.
+async def send_gate(budgets: Sequence[Budget]) -> float:
+    """Right before a request's bytes are written: hold the write until the send rules of
+    every budget it belongs to allow one more, then record it in all of them at once.
+    Grants are paced by `acquire`, but the work between a grant and the write bunches
+    requests on a busy loop; this keeps the bounds on the write times. Seconds held."""
+    loop = asyncio.get_running_loop()
+    arrived = now = loop.time()
+    while True:
+        wait = max((budget.send_wait(now) for budget in budgets), default=0.0)
+        if wait <= 0:
+            break
+        await asyncio.sleep(wait)
+        now = loop.time()
+    for budget in budgets:
+        budget.record_send(now)
+    return now - arrived
 
-    Guarantee per model: no 1 s window of loop.time() holds more than ``ceil(rate(model))``
-    grants. Use from the event loop's thread only (no locks: every step is synchronous).
+
+class RateLimits:
+    """Every budget of one worker: one per backend, plus per-model ceilings on the default one.
+
+    ``for_call(model, backend)`` names the budgets a call belongs to, the narrowest first:
+    waiting for the model's ceiling before taking a slot of the shared backend budget keeps a
+    throttled model from holding slots that other models could use. Use from the event
+    loop's thread only (every step is synchronous).
     """
 
     def __init__(
         self,
         rps: float,
-        per_model_rps: Mapping[str, float] | None = None,
+        *,
         tpm: int | None = None,
-        per_model_tpm: Mapping[str, int] | None = None,
+        model_rps: Mapping[str, float] | None = None,
+        model_tpm: Mapping[str, int] | None = None,
+        safety_margin: float = 0.05,
+        shared: bool = False,
         share: float = 1.0,
-        safety_margin: float = 0.02,
     ) -> None:
-        if rps <= 0:
-            raise ValueError(f"rps must be > 0, got {rps}")
-        if not 0.0 <= safety_margin < 1.0:
-            raise ValueError(f"safety_margin must be in [0, 1), got {safety_margin}")
-        self._check_share(share)
-        self._rps = rps
-        self._per_model_rps = dict(per_model_rps or {})
-        self._tpm = tpm
-        self._per_model_tpm = dict(per_model_tpm or {})
+        self.safety_margin = safety_margin
         self._share = share
-        self._safety_margin = safety_margin
-        self._models: dict[str, ModelBudget] = {}
+        self._check_share(share)
+        self._backends: dict[str, Budget] = {}
+        self._ceilings: dict[str, Budget] = {}
+        self._calls: dict[tuple[str, str], tuple[Budget, ...]] = {}
+        self.add_backend(DEFAULT_BACKEND, rps, tpm, shared=shared)
+        model_tpm = dict(model_tpm or {})
+        for model in dict.fromkeys([*(model_rps or {}), *model_tpm]):
+            ceiling_rps = (model_rps or {}).get(model, rps)
+            self._ceilings[model] = self._new(
+                f"model:{model}", ceiling_rps, model_tpm.get(model), shared
+            )
+
+    def _new(self, name: str, rps: float, tpm: int | None, shared: bool) -> Budget:
+        return Budget(
+            name, rps, tpm, share=self._share, safety_margin=self.safety_margin, shared=shared
+        )
 
     @staticmethod
     def _check_share(share: float) -> None:
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"share must be in [0, 1], got {share}")
 
+    def add_backend(self, name: str, rps: float, tpm: int | None = None, *, shared: bool) -> Budget:
+        """A backend's own budget (e.g. an assistant endpoint with its own limit)."""
+        budget = self._new(name, rps, tpm, shared)
+        self._backends[name] = budget
+        self._calls.clear()
+        return budget
+
     @property
     def share(self) -> float:
         return self._share
 
-    @property
-    def safety_margin(self) -> float:
-        return self._safety_margin
+    def backend(self, name: str = DEFAULT_BACKEND) -> Budget:
+        return self._backends[name]
 
-    @property
-    def stats(self) -> dict[str, ModelStats]:
-        """Counters per model seen so far (acquired, total_wait_seconds, pauses, tokens)."""
-        return {name: budget.stats for name, budget in self._models.items()}
+    def ceiling(self, model: str) -> Budget | None:
+        return self._ceilings.get(model)
 
-    def budget(self, model: str) -> ModelBudget:
-        """The model's budget, created on first use from the overrides or the defaults."""
-        budget = self._models.get(model)
-        if budget is None:
-            budget = ModelBudget(
-                model,
-                self._per_model_rps.get(model, self._rps),
-                self._per_model_tpm.get(model, self._tpm),
-                self._share,
-                self._safety_margin,
-            )
-            self._models[model] = budget
-        return budget
+    def backends(self) -> Iterable[Budget]:
+        return self._backends.values()
 
-    async def acquire(self, model: str, est_tokens: int = 0) -> float:
-        """Wait for a request slot of that model (pause and TPM included); seconds waited."""
-        return await self.budget(model).acquire(est_tokens)
+    def ceilings(self) -> Iterable[Budget]:
+        return self._ceilings.values()
 
-    def record_tokens(self, model: str, tokens: int) -> None:
-        """Actual tokens after a call, correcting the estimate charged at acquire()."""
-        self.budget(model).record_tokens(tokens)
+    def for_call(self, model: str, backend: str = DEFAULT_BACKEND) -> tuple[Budget, ...]:
+        """The budgets one call waits for: the model's ceiling (default backend only), then
+        its backend's budget. KeyError for an unknown backend."""
+        key = (model, backend)
+        budgets = self._calls.get(key)
+        if budgets is None:
+            ceiling = self._ceilings.get(model) if backend == DEFAULT_BACKEND else None
+            own = self._backends[backend]
+            budgets = (ceiling, own) if ceiling is not None else (own,)
+            self._calls[key] = budgets
+        return budgets
 
-    async def send_gate(self, model: str) -> float:
-        """See ModelBudget.send_gate: the bound enforced again at the moment of sending."""
-        return await self.budget(model).send_gate()
+    async def acquire(self, budgets: Sequence[Budget], est_tokens: int = 0) -> float:
+        """Wait for a slot in each budget, in order; returns the seconds waited in all."""
+        waited = 0.0
+        for budget in budgets:
+            waited += await budget.acquire(est_tokens)
+        return waited
 
-    def pause(self, model: str, seconds: float) -> None:
-        """E.g. a 429 Retry-After: that model's callers wait until now+seconds (never shorter)."""
-        self.budget(model).pause(seconds)
+    @staticmethod
+    def record_tokens(budgets: Sequence[Budget], tokens: int) -> None:
+        for budget in budgets:
+            budget.record_tokens(tokens)
 
-    def paused_until(self, model: str) -> float:
-        """loop.time() at which the model's pause ends, or 0 when not paused."""
-        budget = self._models.get(model)
-        return 0.0 if budget is None else budget.paused_until()
+    @staticmethod
+    def pause(budgets: Sequence[Budget], seconds: float) -> None:
+        """A 429: everything queued on these budgets waits (never shortens a pause)."""
+        for budget in budgets:
+            budget.pause(seconds)
 
     def set_share(self, share: float) -> None:
-        """Use this fraction of the global budget (e.g. owned/total partitions), at once."""
+        """This worker's part of the group's limits (owned / total partitions), at once."""
         self._check_share(share)
         if share == self._share:
             return
         logger.info("rate share %.4f -> %.4f", self._share, share)
         self._share = share
-        factor = share * (1.0 - self._safety_margin)
-        for budget in self._models.values():
-            budget.set_factor(factor)
-
-    def rate(self, model: str) -> float:
-        """Effective requests/s for that model now = configured * share * (1 - safety_margin)."""
-        budget = self._models.get(model)
-        if budget is not None:
-            return budget.rate
-        rps = self._per_model_rps.get(model, self._rps)
-        return rps * self._share * (1.0 - self._safety_margin)
+        for budget in [*self._backends.values(), *self._ceilings.values()]:
+            budget.set_share(share)

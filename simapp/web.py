@@ -41,7 +41,12 @@ from yarl import URL
 from simapp import metrics
 from simapp.application import app, settings
 from simapp.progress import merge_views, view
-from tables.progress import active_partitions, changelog_topic_name, local_rows, progress_table
+from simapp.tables.progress import (
+    active_partitions,
+    changelog_topic_name,
+    local_rows,
+    progress_table,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,3 +1,1 @@
-"""Faust tables of simapp; importing this package registers them on the app."""
-
-from tables import progress, simulations  # noqa: F401
+"""Faust tables of simapp (installed as simapp.tables; Faust's autodiscovery imports them)."""

@@ -1,6 +1,6 @@
 """The progress tables: one row per batch, and a seen-state per (batch, simulation).
 
-Both are written only by the concurrency-1 progress agent (agents/progress.py) while it
+Both are written only by the concurrency-1 progress agent (simapp/agents/progress.py) while it
 processes a message of the progress topic, which is keyed by batch id. Faust writes a table's
 changelog to the partition of the event being processed, so the batch row and every seen entry
 of that batch live on the batch's progress partition: one worker owns all state of a batch, and

@@ -1,16 +1,14 @@
-"""The simulations table: status and last checkpoint of every simulation, by simulation id.
+"""The simulations table: where every simulation stands, by simulation id.
 
 Co-partitioned with the simulation topic (both keyed by simulation id, same partition count),
-so the worker that owns an event also owns its row and can read it locally. Written only by
-the concurrency-1 checkpoint agent (agents/checkpoints.py), per ARCHITECTURE.md.
-
-Row: {"status": "running" | "done", "partition": int, "offset": int, "state": dict | None,
-      "outcome": str | None, "updated": float}
+so the worker that owns an event owns its row and reads it locally. Written by the simulate
+agent's actor that owns the simulation (simapp/checkpoints.py says why that is safe); the row
+format is in simapp/checkpoints.py.
 """
 
 from __future__ import annotations
 
-from simapp.application import app, runtime, settings
+from simapp.application import app, settings
 
 simulations = app.Table(
     "simulations",
@@ -18,4 +16,3 @@ simulations = app.Table(
     partitions=settings.kafka_partitions,
     help="Simulation status and per-turn checkpoints, by simulation id",
 )
-runtime.simulations = simulations

@@ -31,7 +31,6 @@ class Namespace:
             "results_topic": f"results-{t}",
             "dlq_topic": f"dlq-{t}",
             "progress_topic": f"progress-{t}",
-            "checkpoint_topic": f"checkpoints-{t}",
             "kafka_consumer_group": f"group-{t}",
         }
 

@@ -49,7 +49,6 @@ TOPIC_SETTINGS = {
     "RESULTS_TOPIC": "simulation-results",
     "DLQ_TOPIC": "simulation-events-dlq",
     "PROGRESS_TOPIC": "simulation-progress",
-    "CHECKPOINT_TOPIC": "simulation-checkpoints",
 }
 # The seed README's counter names, recorded from our `_total` series by rules.yml.
 SEED_COUNTERS = {

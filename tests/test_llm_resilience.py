@@ -1,13 +1,15 @@
 """The LLM path under pressure, end to end: real `faust -A simapp worker` processes, Tansu,
-LiteLLM over HTTP to the mock provider, summaries POSTed to the sink.
+LLM calls over HTTP to the mock provider, summaries POSTed to the sink.
 
+Workers take the route LLM_ROUTE gives them (auto: the OpenAI protocol spoken directly, as
+LLM_BACKEND_URL is set; `LLM_ROUTE=litellm make test` runs the same tests through LiteLLM).
 What is proved here (ARCHITECTURE.md, "Decisions"): the provider sees at most the stated
 1 s window bound and no 429 when our budget equals its limit (one worker, and two workers sharing
 a global budget); a 429 with Retry-After pauses the whole model for at least the advised time;
 the circuit breaker opens after consecutive 5xx, sends nothing while open, lets one probe
 through and recovers without a burst; hung calls are cut at LLM_TIMEOUT and retried; a 401 ends
-the simulation at once with `llm_error`. The first section checks the Retry-After parsing and
-LiteLLM's error shapes without a broker.
+the simulation at once with `llm_error`. Parsing and each route's error shapes are tested
+without a broker in tests/test_retry.py and tests/test_llm_routes.py.
 """
 
 from __future__ import annotations
@@ -16,16 +18,13 @@ import asyncio
 import json
 import re
 import time
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from simapp.config import load_settings
 from simapp.embedded.stack import http_json, http_text
-from simapp.llm_client import headers_of, retry_after_seconds, status_of
+from simapp.llm_session import BUDGET_HEADER
 from simapp.ratelimit import window_bound
 from tests.helpers import events_for, send_events, wait_until
 
@@ -45,171 +44,6 @@ SHARED_MARGIN = 0.10
 NORMAL_ENDS = {"completed", "max_iterations"}
 
 
-# ------------------------------------------------------------------ no broker: parsing
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        ({"retry-after": "2"}, 2.0),
-        ({"Retry-After": "2"}, 2.0),  # a plain dict with HTTP's own spelling
-        ({"retry-after": "0.25"}, 0.25),
-        ({"retry-after": "-3"}, 0.0),
-        ({"retry-after-ms": "1500"}, 1.5),
-        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),  # the precise one wins
-        ({"x-ratelimit-reset-requests": "1s"}, 1.0),
-        ({"x-ratelimit-reset-requests": "20ms"}, 0.02),
-        ({"x-ratelimit-reset-requests": "6m0s"}, 360.0),
-        ({"x-ratelimit-reset-requests": "1m30.5s"}, 90.5),
-        ({"x-ratelimit-reset-tokens": "0.5"}, 0.5),
-        ({"x-ratelimit-reset-requests": "1h"}, 3600.0),
-        ({"retry-after": "soon", "x-ratelimit-reset-requests": "3s"}, 3.0),
-        ({"x-ratelimit-reset-requests": "1.2.3s"}, None),  # garbage is ignored, not raised
-        ({"x-ratelimit-reset-requests": "5 parsecs"}, None),
-        ({"content-type": "application/json"}, None),
-        ({}, None),
-        (None, None),
-    ],
-)
-def test_retry_after_seconds(headers: Any, expected: float | None) -> None:
-    got = retry_after_seconds(headers)
-    if expected is None:
-        assert got is None
-    else:
-        assert got == pytest.approx(expected)
-
-
-def test_retry_after_http_date_and_epoch() -> None:
-    in_3s = datetime.now(UTC) + timedelta(seconds=3)
-    assert retry_after_seconds({"retry-after": format_datetime(in_3s, usegmt=True)}) == (
-        pytest.approx(3.0, abs=1.1)
-    )
-    past = datetime.now(UTC) - timedelta(minutes=5)
-    assert retry_after_seconds({"retry-after": format_datetime(past, usegmt=True)}) == 0.0
-    # x-ratelimit-reset as a Unix time (GitHub style) is not "55 years from now"
-    assert retry_after_seconds({"x-ratelimit-reset": str(int(time.time()) + 4)}) == (
-        pytest.approx(4.0, abs=1.1)
-    )
-
-
-def test_retry_after_httpx_headers() -> None:
-    import httpx
-
-    assert retry_after_seconds(httpx.Headers({"Retry-After": "7"})) == 7.0
-
-
-@pytest.mark.parametrize("route", ["openai", "aiohttp_openai"])
-def test_litellm_error_shapes_are_classified(route: str) -> None:
-    """Both LiteLLM routes allowed by LLM_ROUTE, against the real mock server in-process: the
-    429's status and Retry-After, and a 401, must be seen as what they are on the wire."""
-    from simapp.embedded.mock_llm import MockConfig, serve
-    from simapp.llm_client import LLMClient, import_litellm
-
-    async def scenario() -> tuple[list, list]:
-        runner, port = await serve(
-            MockConfig(latency_ms=1, force_429_count=1, retry_after_s=2, api_key="right")
-        )
-        litellm = import_litellm(10)
-        base = f"http://127.0.0.1:{port}/v1"
-        seen = []
-        try:
-            for key in ("right", "wrong"):  # the first call is the forced 429
-                try:
-                    await litellm.acompletion(
-                        model=f"{route}/{MODEL}",
-                        messages=[{"role": "user", "content": "hi"}],
-                        api_base=base,
-                        api_key=key,
-                        timeout=5,
-                        max_retries=0,
-                    )
-                except Exception as exc:
-                    seen.append((status_of(exc), retry_after_seconds(headers_of(exc))))
-            # the whole client (its own HTTP session): a 429 pauses the model for Retry-After and
-            # is retried; the 401 that follows fails at once (no retries)
-            settings = load_settings(
-                llm_backend_url=base, llm_api_key="wrong", llm_route=route, llm_retry_attempts=3
-            )
-            budget = _NoBudget()
-            client = LLMClient(settings, budget, _NoBreaker())
-            async with __import__("aiohttp").ClientSession() as session:
-                await session.post(f"{base[:-3]}/admin/config", json={"force_429_count": 1})
-            outcome: list = [budget.pauses]
-            try:
-                await client.complete(MODEL, [{"role": "user", "content": "hi"}])
-            except Exception as exc:
-                outcome.append((type(exc).__name__, getattr(exc, "end_reason", None), str(exc)))
-            finally:
-                if hasattr(client, "close"):
-                    await client.close()
-            async with __import__("aiohttp").ClientSession() as session:
-                async with session.get(f"{base[:-3]}/stats") as resp:
-                    outcome.append((await resp.json())["requests"])
-        finally:
-            await runner.cleanup()
-        return seen, outcome
-
-    seen, outcome = asyncio.run(scenario())
-    assert seen == [(429, 2.0), (401, None)]
-    pauses, (name, end_reason, text), requests = outcome
-    assert pauses == [(MODEL, 2.0)]
-    assert (name, end_reason) == ("LLMError", "llm_error")
-    assert "401" in text
-    assert "wrong" not in text  # the API key never ends up in a summary
-    assert requests == 4  # 429 + 401 above, then 429 + 401 for the client
-
-
-@pytest.mark.parametrize("route", ["openai", "aiohttp_openai"])
-def test_what_each_route_keeps_usage_and_send_gate(route: str) -> None:
-    """Through LLMClient against the real mock: the `openai` route reports the mock's token
-    usage and sends through our session (the send gate sees every request); `aiohttp_openai`
-    (litellm 1.110.2) reports 0 tokens and bypasses our session, which is why it is not the
-    default and a worker warns when it is chosen (simapp/config.py AIOHTTP_ROUTE_WARNING).
-    When a LiteLLM upgrade fixes that, this test fails: drop the warning then."""
-    from simapp.config import route_warnings
-    from simapp.embedded.mock_llm import MockConfig, serve
-    from simapp.llm_client import LLMClient, import_litellm
-
-    class GateCounter(_NoBudget):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gated: list[str] = []
-
-        async def send_gate(self, model: str) -> float:
-            self.gated.append(model)
-            return 0.0
-
-    async def scenario() -> tuple[int, list[str]]:
-        # LiteLLM keeps the aiohttp_openai route's own session in a module-level handler,
-        # bound to the loop of the first call; an earlier test's closed loop would fail this
-        # call ("Event loop is closed"). A worker has one loop, so only tests need this reset.
-        from litellm.main import base_llm_aiohttp_handler
-
-        import_litellm(10)
-        base_llm_aiohttp_handler.client_session = None
-        base_llm_aiohttp_handler.transport = None
-        runner, port = await serve(MockConfig(latency_ms=1, api_key="right"))
-        settings = load_settings(
-            llm_backend_url=f"http://127.0.0.1:{port}/v1", llm_api_key="right", llm_route=route
-        )
-        budget = GateCounter()
-        client = LLMClient(settings, budget, _NoBreaker())
-        try:
-            done = await client.complete(MODEL, [{"role": "user", "content": "hello there"}])
-            tokens = done.prompt_tokens + done.completion_tokens
-        finally:
-            await client.close()
-            await runner.cleanup()
-        return tokens, budget.gated
-
-    tokens, gated = asyncio.run(scenario())
-    settings = load_settings(llm_backend_url="http://127.0.0.1:1/v1", llm_route=route)
-    if route == "openai":
-        assert tokens > 0 and gated == [MODEL]
-        assert route_warnings(settings) == []
-    else:
-        assert tokens == 0 and gated == []
-        assert route_warnings(settings) and "0 tokens" in route_warnings(settings)[0]
-
-
 @pytest.mark.parametrize("margin", [0.0, MARGIN])
 def test_send_gate_holds_the_bytes_on_a_stalling_loop(stack, workers, margin: float):
     """The send gate sits in aiohttp's chunk-sent hook, right before the write: on a loop that
@@ -217,17 +51,17 @@ def test_send_gate_holds_the_bytes_on_a_stalling_loop(stack, workers, margin: fl
     fired all at once through our LLM session still reach the provider (the mock, its own
     process, its own clock) at most ceil(rate) per second, and every one is answered. With
     the margin, both of the gate's rules apply (simapp/ratelimit.py `send_rules`)."""
-    from simapp.llm_client import BUDGET_HEADER, LLMClient
-    from simapp.ratelimit import RateBudgets
+    from simapp.llm_session import llm_session
+    from simapp.ratelimit import RateLimits
 
     rps, count = 5, 16
     mock_config(stack, latency_ms=1, latency_jitter_ms=0, rps_limit=rps)
     http_json(f"{stack.mock_url}/admin/reset", {})
 
     async def scenario() -> list[int]:
-        settings = load_settings(llm_backend_url=f"{stack.mock_url}/v1", llm_api_key=stack.api_key)
-        client = LLMClient(settings, RateBudgets(rps=rps, safety_margin=margin), _NoBreaker())
-        session = client.session()
+        limits = RateLimits(rps, safety_margin=margin)
+        budgets = limits.for_call(MODEL)
+        session = llm_session(limits, pool_size=50)
         stop = asyncio.Event()
 
         async def stall() -> None:
@@ -240,10 +74,14 @@ def test_send_gate_holds_the_bytes_on_a_stalling_loop(stack, workers, margin: fl
                 time.sleep(0.12)  # noqa: ASYNC251
 
         async def post(i: int) -> int:
+            # the direct route names the budgets in trace_request_ctx, LiteLLM in a header
+            # that the hook removes: half the requests each way
+            via_header = {BUDGET_HEADER: MODEL} if i % 2 else {}
             async with session.post(
                 f"{stack.mock_url}/v1/chat/completions",
                 json={"model": MODEL, "messages": [{"role": "user", "content": f"hi {i}"}]},
-                headers={BUDGET_HEADER: MODEL, "Authorization": f"Bearer {stack.api_key}"},
+                headers={**via_header, "Authorization": f"Bearer {stack.api_key}"},
+                trace_request_ctx=None if i % 2 else budgets,
             ) as response:
                 await response.read()
                 return response.status
@@ -255,35 +93,14 @@ def test_send_gate_holds_the_bytes_on_a_stalling_loop(stack, workers, margin: fl
         finally:
             stop.set()
             await staller
-            await client.close()
+            await session.close()
 
     statuses = asyncio.run(scenario())
     stats = mock_stats(stack, detail=True)
     assert statuses == [200] * count, densest(stats)
     assert stats["requests"] == count
     assert stats["max_1s_window"] <= window_bound(rps), densest(stats)
-
-
-class _NoBudget:
-    def __init__(self) -> None:
-        self.pauses: list[tuple[str, float]] = []
-
-    async def acquire(self, model: str, est_tokens: int = 0) -> float:
-        return 0.0
-
-    def pause(self, model: str, seconds: float) -> None:
-        self.pauses.append((model, seconds))
-
-    def record_tokens(self, model: str, tokens: int) -> None:
-        pass
-
-    async def send_gate(self, model: str) -> float:
-        return 0.0
-
-
-class _NoBreaker:
-    async def call(self, fn: Any, deadline: float | None = None) -> Any:
-        return await fn()
+    assert stats["client_headers"] == 0  # the budget header never reached the provider
 
 
 # ------------------------------------------------------------------ end to end helpers

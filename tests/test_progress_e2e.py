@@ -61,7 +61,6 @@ class Group:
             "results_topic": f"results-{self.tag}",
             "dlq_topic": f"dlq-{self.tag}",
             "progress_topic": f"progress-{self.tag}",
-            "checkpoint_topic": f"checkpoints-{self.tag}",
             "kafka_consumer_group": f"progress-{self.tag}",
             "concurrent_conversations": 20,
             "llm_rate_limit_rps": 200,
@@ -81,7 +80,7 @@ class Group:
         return [w for w in self.workers if w.alive()]
 
     def settings(self) -> Any:
-        keys = ("kafka_topic", "results_topic", "dlq_topic", "progress_topic", "checkpoint_topic")
+        keys = ("kafka_topic", "results_topic", "dlq_topic", "progress_topic")
         return load_settings(
             kafka_bootstrap_servers=self.stack.bootstrap,
             kafka_partitions=self.stack.partitions,

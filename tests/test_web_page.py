@@ -83,7 +83,6 @@ def run_batch(stack: EmbeddedStack, n: int) -> tuple[ManagedProcess, str]:
         "results_topic": f"results-{tag}",
         "dlq_topic": f"dlq-{tag}",
         "progress_topic": f"progress-{tag}",
-        "checkpoint_topic": f"checkpoints-{tag}",
     }
     worker = stack.start_worker(
         0,

@@ -30,6 +30,7 @@ from simapp.embedded.httpserver import run_until_signal, serve_app
 
 READY_PREFIX = "MOCK_LLM_READY"
 MAX_DETAIL_TIMES = 20000
+MAX_RECENT_REQUESTS = 5000
 HANG_MAX_S = 3600.0
 HANG_POLL_S = 0.1
 
@@ -54,6 +55,7 @@ class MockConfig:
     hang_rate: float = 0.0
     api_key: str | None = None
     unknown_models: list[str] = field(default_factory=lambda: ["mock-unknown"])
+    context_window_tokens: int = 0  # prompts longer than this get OpenAI's 400; 0 = no limit
     seed: int | None = None
 
 
@@ -66,7 +68,7 @@ _FLOAT_FIELDS = {
     "error_rate",
     "hang_rate",
 }
-_INT_FIELDS = {"force_429_count", "fail_next"}
+_INT_FIELDS = {"force_429_count", "fail_next", "context_window_tokens"}
 
 
 def _coerce_field(name: str, value: Any) -> Any:
@@ -245,6 +247,8 @@ class MockState:
         self.first_mono: float | None = None
         self.in_flight = 0
         self.max_in_flight = 0
+        self.client_headers = 0  # requests that carried one of our own X-Simapp-* headers
+        self.recent: deque[dict[str, Any]] = deque(maxlen=MAX_RECENT_REQUESTS)
         self.admitted_times: deque[float] = deque(maxlen=MAX_DETAIL_TIMES)
         self.admitted_times_by_model: dict[str, deque[float]] = {}
         self.rate_limited_times: deque[float] = deque(maxlen=MAX_DETAIL_TIMES)
@@ -262,6 +266,7 @@ class MockState:
             "rate_limited": self.rate_limited,
             "hung": self.hung,
             "by_model": dict(self.by_model),
+            "client_headers": self.client_headers,
             "first_request_at": self.first_request_at,
             "last_request_at": self.last_request_at,
             "in_flight": self.in_flight,
@@ -303,6 +308,29 @@ def _rate_limited(state: MockState, now: float) -> web.Response:
     )
 
 
+def _request_summary(payload: Any, model: str) -> dict[str, Any]:
+    """What a test may ask about a request: model, sampling options, the system prompt."""
+    messages = payload.get("messages") if isinstance(payload, dict) else None
+    messages = messages if isinstance(messages, list) else []
+    system = next(
+        (
+            _content_text(m.get("content"))
+            for m in messages
+            if isinstance(m, dict) and m.get("role") == "system"
+        ),
+        "",
+    )
+    options = payload if isinstance(payload, dict) else {}
+    return {
+        "model": model,
+        "temperature": options.get("temperature"),
+        "max_tokens": options.get("max_tokens"),
+        "system": system[:2000],
+        "messages": len(messages),
+        "simulated_user": bool(STOP_MARKER_RE.search(system)),
+    }
+
+
 async def _hang(request: web.Request, state: MockState) -> None:
     """Never answer; return once the client goes away or the server stops."""
     deadline = time.monotonic() + HANG_MAX_S
@@ -335,6 +363,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     state.last_request_at = time.time()
     state.by_model[model_key] = state.by_model.get(model_key, 0) + 1
     state.arrivals.add(now)
+    if any(name.lower().startswith("x-simapp") for name in request.headers):
+        state.client_headers += 1
+    state.recent.append(_request_summary(payload, model_key))
 
     # Admission: anything not answered 429 here counts as "admitted".
     if cfg.force_429_count > 0:
@@ -419,6 +450,18 @@ async def _admitted_response(
                 f"The model `{model}` does not exist", "invalid_request_error", "model_not_found"
             ),
         )
+    prompt_tokens = max(1, sum(_word_count(_content_text(m.get("content"))) for m in messages))
+    if cfg.context_window_tokens and prompt_tokens > cfg.context_window_tokens:
+        return _json_response(
+            state,
+            400,
+            _openai_error(
+                f"This model's maximum context length is {cfg.context_window_tokens} tokens. "
+                f"However, your messages resulted in {prompt_tokens} tokens.",
+                "invalid_request_error",
+                "context_length_exceeded",
+            ),
+        )
     if outcome == "fail":
         return _json_response(
             state,
@@ -441,7 +484,6 @@ async def _admitted_response(
         return web.Response(status=503, text="hung")
 
     reply = generate_reply(messages)
-    prompt_tokens = max(1, sum(_word_count(_content_text(m.get("content"))) for m in messages))
     completion_tokens = max(1, _word_count(reply))
     state.completion_seq += 1
     body = {
@@ -491,6 +533,11 @@ async def admin_config(request: web.Request) -> web.Response:
     return web.json_response(dataclasses.asdict(state.config))
 
 
+async def recent_requests(request: web.Request) -> web.Response:
+    """The last MAX_RECENT_REQUESTS requests, summarised (see _request_summary)."""
+    return web.json_response({"requests": list(request.app[STATE_KEY].recent)})
+
+
 async def admin_reset(request: web.Request) -> web.Response:
     request.app[STATE_KEY].reset()
     return web.json_response({"ok": True})
@@ -512,6 +559,7 @@ def build_app(config: MockConfig) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/chat/completions", chat_completions)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/requests", recent_requests)
     app.router.add_get("/admin/config", admin_config)
     app.router.add_post("/admin/config", admin_config)
     app.router.add_post("/admin/reset", admin_reset)
@@ -549,6 +597,7 @@ def parse_args(argv: list[str] | None = None) -> MockConfig:
         default=",".join(d.unknown_models),
         help="comma-separated model names answered with 404",
     )
+    p.add_argument("--context-window-tokens", type=int, default=d.context_window_tokens)
     p.add_argument("--seed", type=int, default=d.seed)
     a = p.parse_args(argv)
     return MockConfig(
@@ -564,6 +613,7 @@ def parse_args(argv: list[str] | None = None) -> MockConfig:
         hang_rate=a.hang_rate,
         api_key=a.api_key or None,
         unknown_models=[m.strip() for m in a.unknown_models.split(",") if m.strip()],
+        context_window_tokens=a.context_window_tokens,
         seed=a.seed,
     )
 

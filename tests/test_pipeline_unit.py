@@ -1,0 +1,255 @@
+"""The event path (simapp.pipeline.Pipeline) built from its parts, with fakes at the edges:
+a dict for the simulations table, lists for the topics, a scripted LLM, a recording sender.
+
+The real path (Tansu, HTTP, a worker process) is tests/test_pipeline.py; this one pins the
+decisions: what is dead-lettered and why, re-keying, the ledger's run/resume/skip/duplicate,
+which progress messages and rows each outcome writes, and that nothing raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from simapp.callbacks import Delivery
+from simapp.checkpoints import DONE, RUNNING, running_row
+from simapp.config import load_settings
+from simapp.conversation import STOP_MARKER, Completion, ConversationEngine, ConversationState
+from simapp.dlq import DeadLetters, Source
+from simapp.ledger import RunLedger
+from simapp.pipeline import Pipeline
+from simapp.progress import ProgressReporter
+from simapp.schemas import EventDecoder
+
+SOURCE = Source("events", 2, 17)
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    data = {
+        "id": "sim-1",
+        "persona": {"name": "Tess", "description": "tester", "traits": ["curious"]},
+        "intent": "Help me test",
+        "max_iterations": 3,
+        "callback_url": "http://example.com/cb",
+        "model": "gpt-4",
+        "batch_id": "b1",
+        "batch_size": 2,
+    }
+    data.update(overrides)
+    return data
+
+
+class DictStore:
+    """The simulations table as a dict; `put` resolves at once (as a broker ack would)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}
+        self.puts: list[tuple[str, str, int]] = []
+
+    def get(self, simulation_id: str) -> dict | None:
+        return self.rows.get(simulation_id)
+
+    def put(self, simulation_id: str, row: dict, partition: int) -> asyncio.Future:
+        self.rows[simulation_id] = row
+        self.puts.append((simulation_id, row["status"], partition))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+class ScriptedLLM:
+    """The assistant answers 'A<n>'; the simulated user goes on once, then says goodbye."""
+
+    def __init__(self, gate: asyncio.Event | None = None, fail: Exception | None = None) -> None:
+        self.calls: list[str] = []
+        self.gate = gate
+        self.fail = fail
+
+    async def complete(self, model: str, messages: list[dict], **options: Any) -> Completion:
+        self.calls.append(options.get("role", "assistant"))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        if "Stop marker:" in messages[0]["content"]:
+            users = sum(1 for m in messages if m["role"] == "assistant")  # swapped view
+            return Completion("one more thing" if users < 2 else f"bye {STOP_MARKER}", 3, 2)
+        return Completion(f"A{len(self.calls)}", 5, 1)
+
+
+class Sender:
+    def __init__(self, ok: bool = True) -> None:
+        self.ok = ok
+        self.posts: list[tuple[str, str, dict]] = []
+
+    async def deliver(self, url: str, simulation_id: str, payload: dict) -> Delivery:
+        self.posts.append((url, simulation_id, payload))
+        return Delivery(True, 1, 200) if self.ok else Delivery(False, 3, 503, "HTTP 503")
+
+
+class Topic:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+
+    async def send(self, key: bytes, value: Any) -> None:
+        self.sent.append((key, value))
+
+
+class Parts:
+    def __init__(self, llm: ScriptedLLM | None = None, sender: Sender | None = None) -> None:
+        settings = load_settings(_env_file=None, callback_allowed_hosts="example.com")
+        self.store = DictStore()
+        self.llm = llm or ScriptedLLM()
+        self.sender = sender or Sender()
+        self.dlq, self.progress, self.results, self.events = Topic(), Topic(), Topic(), Topic()
+        self.pipeline = Pipeline(
+            decoder=EventDecoder(settings),
+            ledger=RunLedger(self.store),
+            store=self.store,
+            engine=ConversationEngine(self.llm, max_iterations_cap=10, timeout=5),
+            sender=self.sender,  # type: ignore[arg-type]
+            dead_letters=DeadLetters(self.dlq.send),
+            progress=ProgressReporter(self.progress.send),
+            send_result=self.results.send,
+            send_event=self.events.send,
+        )
+
+    async def handle(self, data: Any, key: bytes | None = b"sim-1", source: Source = SOURCE) -> str:
+        raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+        return await self.pipeline.handle(raw, source, key)
+
+    def progress_kinds(self) -> list[tuple[str, str | None]]:
+        return [(m["kind"], m["reason"]) for m in (json.loads(v) for _, v in self.progress.sent)]
+
+    def dead(self) -> list[dict]:
+        return [record for _, record in self.dlq.sent]
+
+
+async def test_a_good_event_is_simulated_delivered_and_recorded() -> None:
+    parts = Parts()
+    assert await parts.handle(event()) == "completed"
+    ((url, sim_id, payload),) = parts.sender.posts
+    assert (url, sim_id) == ("http://example.com/cb", "sim-1")
+    assert payload["end_reason"] == "completed"
+    assert parts.results.sent[0][1]["delivered"] is True
+    assert parts.progress_kinds() == [("consumed", None), ("completed", "completed")]
+    assert parts.store.rows["sim-1"]["status"] == DONE
+    assert parts.store.rows["sim-1"]["outcome"] == "completed"
+    # a running row per LLM call, then the done row, all on the event's partition
+    statuses = [status for _, status, _ in parts.store.puts]
+    assert statuses == [RUNNING] * len(parts.llm.calls) + [DONE]
+    assert {partition for _, _, partition in parts.store.puts} == {SOURCE.partition}
+    assert parts.dead() == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json {", "not_json"),
+        (json.dumps([1, 2]).encode(), "not_object"),
+        (json.dumps(event(max_iterations="three")).encode(), "invalid_field"),
+        (json.dumps(event(callback_url="http://169.254.169.254/x")).encode(), "forbidden_callback"),
+    ],
+)
+async def test_bad_input_is_dead_lettered_with_its_reason(raw: bytes, reason: str) -> None:
+    parts = Parts()
+    assert await parts.handle(raw) == "rejected"
+    (record,) = parts.dead()
+    assert record["reason"] == reason
+    assert record["source"] == {"topic": "events", "partition": 2, "offset": 17}
+    assert record["original"]["size"] == len(raw)
+    assert parts.sender.posts == [] and parts.llm.calls == []
+    if reason in ("invalid_field", "forbidden_callback"):  # id and batch known: counted failed
+        assert parts.progress_kinds() == [("failed", reason)]
+
+
+async def test_an_event_keyed_otherwise_is_rekeyed_not_simulated() -> None:
+    parts = Parts()
+    assert await parts.handle(event(), key=b"something-else") == "rekeyed"
+    assert [key for key, _ in parts.events.sent] == [b"sim-1"]
+    assert parts.llm.calls == [] and parts.store.rows == {}
+
+
+async def test_a_redelivered_finished_event_is_skipped_without_an_llm_call() -> None:
+    parts = Parts()
+    await parts.handle(event())
+    calls = len(parts.llm.calls)
+    assert await parts.handle(event()) == "skipped_done"  # this worker remembers it
+    fresh = Parts()  # another worker: only the table row says it is done
+    fresh.store.rows = dict(parts.store.rows)
+    assert await fresh.handle(event()) == "skipped_done"
+    assert len(parts.llm.calls) == calls and fresh.llm.calls == []
+    assert len(parts.sender.posts) == 1 and fresh.sender.posts == []
+
+
+async def test_an_interrupted_run_resumes_from_its_last_checkpoint() -> None:
+    first = Parts()
+    await first.handle(event())
+    full_calls = len(first.llm.calls)
+    # the state after the first assistant turn, as its checkpoint row holds it
+    state = ConversationState(
+        history=[
+            {"role": "system", "content": "You are a helpful, concise assistant."},
+            {"role": "user", "content": "Help me test"},
+            {"role": "assistant", "content": "A1"},
+        ],
+        iterations=1,
+    )
+    state.usage.llm_calls = 1
+    resumed = Parts()
+    resumed.store.rows["sim-1"] = running_row(SOURCE.partition, SOURCE.offset, state.to_dict())
+    assert await resumed.handle(event()) == "completed"
+    assert len(resumed.llm.calls) == full_calls - 1  # the finished turn is not billed again
+    ((_, _, payload),) = resumed.sender.posts
+    assert payload["usage"]["llm_calls"] == full_calls
+    assert payload["conversation_history"][2]["content"] == "A1"
+
+
+async def test_the_same_id_at_another_offset_is_a_duplicate() -> None:
+    parts = Parts()
+    await parts.handle(event())
+    later = Source("events", 2, 99)
+    assert await parts.handle(event(), source=later) == "duplicate_id"
+    (record,) = parts.dead()
+    assert record["reason"] == "duplicate_id"
+    assert "offset 17" in record["detail"]
+    assert len(parts.sender.posts) == 1
+
+
+async def test_a_redelivery_while_running_waits_and_is_not_rerun() -> None:
+    gate = asyncio.Event()
+    parts = Parts(llm=ScriptedLLM(gate=gate))
+    first = asyncio.create_task(parts.handle(event()))
+    await asyncio.sleep(0.01)
+    again = asyncio.create_task(parts.handle(event()))
+    await asyncio.sleep(0.01)
+    assert not again.done()  # waits for the run in flight
+    gate.set()
+    assert await first == "completed"
+    assert await again == "skipped_running"
+    assert len(parts.sender.posts) == 1
+
+
+async def test_an_undeliverable_summary_is_dead_lettered_and_counted_failed() -> None:
+    parts = Parts(sender=Sender(ok=False))
+    assert await parts.handle(event()) == "callback_failed"
+    (record,) = parts.dead()
+    assert record["reason"] == "callback_failed" and record["detail"] == "HTTP 503"
+    assert record["summary"]["simulation_id"] == "sim-1"
+    assert record["callback_url"] == "http://example.com/cb"
+    assert parts.progress_kinds()[-1] == ("failed", "callback_failed")
+    assert parts.store.rows["sim-1"]["outcome"] == "callback_failed"
+    assert parts.results.sent[0][1]["delivered"] is False
+
+
+async def test_a_crash_in_our_code_is_dead_lettered_not_raised() -> None:
+    parts = Parts(llm=ScriptedLLM(fail=ZeroDivisionError("bug")))
+    assert await parts.handle(event()) == "internal_error"
+    (record,) = parts.dead()
+    assert record["reason"] == "internal_error" and "ZeroDivisionError" in record["detail"]
+    assert parts.progress_kinds()[-1] == ("failed", "internal_error")
+    assert "sim-1" not in parts.store.rows or parts.store.rows["sim-1"]["status"] != DONE
+    assert await parts.handle(event()) == "internal_error"  # not remembered as finished
