@@ -1,8 +1,9 @@
 """Faust commands of simapp: `loadtest`, `submit`, `progress` (`faust -A simapp <command>`).
 
 - loadtest: N events from the built-in catalogue as one batch; without a configured broker
-  (KAFKA_BOOTSTRAP_SERVERS unset in the environment and .env) or with --embedded it starts the
-  embedded stack (Tansu, mock LLM, callback sink, one worker) for the run and tears it down.
+  (KAFKA_BOOTSTRAP_SERVERS unset in the environment and .env) or with --embedded it runs an
+  embedded session (simapp/embedded/session.py: Tansu, mock LLM, callback sink, workers) and
+  tears it down.
 - submit: a JSONL file of events as one batch, validated completely before anything is sent.
 - progress: the progress table once, from a worker's web views.
 
@@ -25,7 +26,7 @@ from faust.cli import AppCommand, argument, option
 
 from simapp import follow as fl
 from simapp.application import app, settings
-from simapp.config import Settings, load_settings
+from simapp.config import Settings
 from simapp.producer import encode_event, produce
 from simapp.schemas import EventDecoder, Rejection
 
@@ -175,37 +176,30 @@ async def loadtest(
         return 2
     batch_id = batch_id or new_batch_id()
     use_embedded = embedded if embedded is not None else not broker_configured(settings)
-    stack = None
+    session = None
     try:
         if use_embedded:
-            from simapp.embedded.stack import EmbeddedStack
+            from simapp.embedded.session import EmbeddedSession
 
             workdir = Path(tempfile.mkdtemp(prefix="simapp-loadtest-"))
-            stack = EmbeddedStack(
-                workdir=workdir,
+            session = EmbeddedSession(
+                workdir,
+                partitions=settings.kafka_partitions,
                 mock_args=[
                     "--latency-ms",
                     str(latency_ms),
                     "--latency-jitter-ms",
                     str(latency_ms // 3),
                 ],
-                partitions=settings.kafka_partitions,
+                worker_settings=embedded_worker_settings(settings, rps, concurrency),
             )
             print(f"starting the embedded stack in {workdir} ...", flush=True)
-            await asyncio.to_thread(stack.start)
-            worker_settings = embedded_worker_settings(settings, rps, concurrency)
-            for i in range(max(1, workers)):
-                await asyncio.to_thread(stack.start_worker, i, False, **worker_settings)
-            await asyncio.to_thread(stack.wait_workers_ready)
-            target = load_settings(
-                kafka_bootstrap_servers=stack.bootstrap,
-                kafka_partitions=stack.partitions,
-                broker_profile="embedded",
-            )
-            callback_url = callback_url or f"{stack.sink_url}/callback"
-            web_url = web_url or ",".join(f"http://127.0.0.1:{w.port}" for w in stack.workers)
+            await asyncio.to_thread(session.start, max(1, workers))
+            target = session.settings()
+            callback_url = callback_url or f"{session.stack.sink_url}/callback"
+            web_url = web_url or ",".join(session.worker_url(w) for w in session.stack.workers)
             print(
-                f"  broker {stack.bootstrap}, progress page {fl.split_urls(web_url)[0]}/",
+                f"  broker {session.stack.bootstrap}, progress page {fl.split_urls(web_url)[0]}/",
                 flush=True,
             )
         else:
@@ -228,8 +222,8 @@ async def loadtest(
         def should_stop() -> str | None:
             if producing.done() and not producing.cancelled() and producing.exception():
                 return f"sending failed: {producing.exception()!r}"
-            if stack is not None and not all(w.alive() for w in stack.workers):
-                return f"a worker died; logs in {stack.log_dir}"
+            if session is not None and not all(w.alive() for w in session.stack.workers):
+                return f"a worker died; logs in {session.stack.log_dir}"
             return None
 
         code = await follow_batch(
@@ -243,10 +237,10 @@ async def loadtest(
         sent = await producing
         return code if sent == count else 1
     finally:
-        if stack is not None:
+        if session is not None:
             print("stopping the embedded stack ...", flush=True)
-            await asyncio.to_thread(stack.stop)
-            print(f"logs: {stack.log_dir}")
+            await asyncio.to_thread(session.stop)
+            print(f"logs: {session.stack.log_dir}")
 
 
 def embedded_worker_settings(

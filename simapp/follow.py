@@ -185,9 +185,18 @@ def print_report(r: dict[str, Any], out: IO[str] | None = None) -> None:
         ),
         ("simulation p50 / p95", f"{r['p50_seconds']} s / {r['p95_seconds']} s"),
     ]
-    out.write("=" * 60 + "\n")
+    print_rows(rows, out=out)
+
+
+def print_rows(
+    rows: Sequence[tuple[str, Any]], title: str | None = None, out: IO[str] | None = None
+) -> None:
+    """A report as aligned `name: value` lines between rules."""
+    out = out or sys.stdout
+    width = max(len(name) for name, _ in rows)
+    out.write("=" * 60 + "\n" + (f"{title}\n" + "=" * 60 + "\n" if title else ""))
     for name, value in rows:
-        out.write(f"{name:>22}: {value}\n")
+        out.write(f"{name:>{width}}: {value}\n")
     out.write("=" * 60 + "\n")
     out.flush()
 

@@ -102,7 +102,7 @@ def live_worker_run(stack: EmbeddedStack) -> Iterator[dict]:
         url = f"http://127.0.0.1:{worker.port}/metrics"
 
         def settled() -> str | None:
-            from simapp.embedded.run import parse_prometheus
+            from simapp.embedded.session import parse_prometheus
 
             text = http_text(url)
             return text if parse_prometheus(text).get("kafka_commits_succeeded_total") else None

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from simapp.embedded.run import parse_prometheus
+from simapp.embedded.session import parse_prometheus
 from tests.tools import require_tool
 
 pytestmark = pytest.mark.slow
