@@ -84,8 +84,10 @@ def spawn(
     log_dir: Path,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
+    inherit_env: bool = True,
 ) -> ManagedProcess:
-    """Start a child with stdout+stderr to `log_dir/name.log`, in its own process group."""
+    """Start a child with stdout+stderr to `log_dir/name.log`, in its own process group;
+    its environment is ours plus `env`, or `env` alone without `inherit_env`."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
@@ -94,7 +96,7 @@ def spawn(
         stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
+        env={**(os.environ if inherit_env else {}), **(env or {})},
         cwd=cwd,
         start_new_session=True,
     )
