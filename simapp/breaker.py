@@ -141,7 +141,9 @@ class AsyncCircuitBreaker:
     # -- admission -----------------------------------------------------------------------
 
     def admit(self) -> Ticket:
-        """Admit one call now, or raise BreakerOpen (with the time a probe may go)."""
+        """Admit one call now, or raise BreakerOpen (with the time a probe may go). The caller
+        must `record` the ticket's outcome, also when cancelled (a probe admitted and never
+        recorded would keep the breaker half-open); `call` does."""
         state = self.state
         if state == STATE_CLOSED:
             return Ticket(self._epoch, probe=False)
@@ -155,8 +157,8 @@ class AsyncCircuitBreaker:
         raise BreakerOpen(self.name, state, self._open_until if state == STATE_OPEN else None)
 
     async def ready(self) -> None:
-        """Wait until a call could be admitted (closed, or a probe may go). No polling: one
-        timer per open period, and every transition wakes the waiters."""
+        """Wait until a call could be admitted (closed, or a probe may go). No polling: every
+        transition wakes the waiters, and while open each waits at most until the probe time."""
         loop = asyncio.get_running_loop()
         while True:
             state = self.state

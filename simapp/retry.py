@@ -61,6 +61,8 @@ def retry_after_seconds(headers: Mapping[str, Any] | Any | None) -> float | None
 def duration_seconds(value: str) -> float | None:
     """OpenAI-style reset durations: '1s', '20ms', '6m0s', '0.5'; None when unreadable."""
     value = value.strip()
+    if not value:
+        return None
     plain = _number(value)
     if plain is not None:
         return plain

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 
 from simapp.breaker import AsyncCircuitBreaker, BreakerOpen
 
 RESET = 0.3
+T = TypeVar("T")
 
 
 class Boom(Exception):
@@ -54,13 +57,36 @@ async def fail(breaker: AsyncCircuitBreaker, times: int) -> None:
             await breaker.call(boom)
 
 
+async def waiting_call(
+    breaker: AsyncCircuitBreaker,
+    fn: Callable[[], Awaitable[T]],
+    rejections: list[int] | None = None,
+) -> T:
+    """What a caller that waits does: ready(), then call(); refused (another caller took the
+    probe first) means wait again. Each refusal is counted in `rejections`, if given."""
+    while True:
+        await breaker.ready()
+        try:
+            return await breaker.call(fn)
+        except BreakerOpen:
+            if rejections is not None:
+                rejections.append(1)
+            continue
+
+
 def recorder(breaker: AsyncCircuitBreaker) -> list[tuple[str, str]]:
     transitions: list[tuple[str, str]] = []
     breaker.add_listener(lambda old, new: transitions.append((old, new)))
     return transitions
 
 
-@pytest.mark.asyncio
+def test_rejects_invalid_parameters() -> None:
+    with pytest.raises(ValueError):
+        AsyncCircuitBreaker("t", fail_max=0)
+    with pytest.raises(ValueError):
+        AsyncCircuitBreaker("t", reset_timeout=-1)
+
+
 async def test_opens_after_fail_max_consecutive_failures() -> None:
     breaker = AsyncCircuitBreaker("t", fail_max=5, reset_timeout=RESET)
     transitions = recorder(breaker)
@@ -78,9 +104,8 @@ async def test_opens_after_fail_max_consecutive_failures() -> None:
     assert transitions == [("closed", "open")]
 
 
-@pytest.mark.asyncio
 async def test_open_breaker_never_reaches_the_backend() -> None:
-    breaker = AsyncCircuitBreaker("t", fail_max=5, reset_timeout=RESET, wait_when_open=False)
+    breaker = AsyncCircuitBreaker("t", fail_max=5, reset_timeout=RESET)
     await fail(breaker, 5)
     backend = Backend()
     for _ in range(10):
@@ -88,27 +113,95 @@ async def test_open_breaker_never_reaches_the_backend() -> None:
             await breaker.call(backend)
     assert backend.invocations == 0
     assert info.value.state == "open"
+    assert info.value.name == "t"
     assert info.value.retry_at == breaker.retry_at
+    for _ in range(10):
+        with pytest.raises(BreakerOpen):
+            breaker.admit()
+    assert breaker.state == "open"
 
 
-@pytest.mark.asyncio
+async def test_call_on_open_breaker_raises_at_once_with_retry_at() -> None:
+    """call() never waits: refused at once, with the time a probe may go, and fn never runs."""
+    loop = asyncio.get_running_loop()
+    breaker = AsyncCircuitBreaker("t", fail_max=2, reset_timeout=RESET)
+    transitions = recorder(breaker)
+    await fail(breaker, 2)
+    opened = loop.time()
+    assert breaker.retry_at == pytest.approx(opened + RESET, abs=0.01)
+    backend = Backend()
+
+    started = loop.time()
+    with pytest.raises(BreakerOpen) as info:
+        await breaker.call(backend)
+    assert loop.time() - started < 0.05  # no waiting
+    assert backend.invocations == 0
+    assert info.value.state == "open"
+    assert info.value.retry_at == pytest.approx(opened + RESET, abs=0.01)
+    assert info.value.retry_at == breaker.retry_at
+    assert "open" in str(info.value)
+    assert transitions == [("closed", "open")]  # a refusal is no transition
+
+    # Just before retry_at: still refused. At retry_at the call is the probe.
+    await asyncio.sleep(max(0.0, info.value.retry_at - loop.time() - 0.05))
+    with pytest.raises(BreakerOpen):
+        await breaker.call(backend)
+    assert backend.invocations == 0
+    await asyncio.sleep(max(0.0, info.value.retry_at - loop.time()) + 0.01)
+    assert await breaker.call(backend) == "ok 1"
+    assert breaker.state == "closed"
+
+
+async def test_ready_returns_at_once_when_a_call_could_be_admitted() -> None:
+    loop = asyncio.get_running_loop()
+    breaker = AsyncCircuitBreaker("t", fail_max=1, reset_timeout=RESET)
+    started = loop.time()
+    await breaker.ready()  # closed
+    assert loop.time() - started < 0.05
+    assert breaker.retry_at is None
+
+    await fail(breaker, 1)
+    retry_at = breaker.retry_at
+    assert retry_at is not None
+    await breaker.ready()
+    assert loop.time() >= retry_at  # waited for the open period, on loop.time()
+    assert breaker.state == "open"  # ready() only waits; admit() takes the probe
+    started = loop.time()
+    await breaker.ready()  # open past reset_timeout: a probe may go
+    assert loop.time() - started < 0.05
+
+    ticket = breaker.admit()
+    assert ticket.probe
+    assert breaker.state == "half-open"
+    breaker.record(ticket, asyncio.CancelledError())  # abandoned: the slot is free again
+    assert breaker.state == "half-open"
+    started = loop.time()
+    await breaker.ready()  # half-open, no probe running
+    assert loop.time() - started < 0.05
+
+
 async def test_waiting_caller_becomes_probe_and_success_closes() -> None:
     loop = asyncio.get_running_loop()
     breaker = AsyncCircuitBreaker("t", fail_max=5, reset_timeout=RESET)
     transitions = recorder(breaker)
     await fail(breaker, 5)
     opened = loop.time()
+    retry_at = breaker.retry_at
+    assert retry_at is not None
     backend = Backend()
 
-    assert await breaker.call(backend) == "ok 1"
+    await breaker.ready()
     assert loop.time() - opened >= RESET - 0.01
+    assert loop.time() >= retry_at
+    assert backend.invocations == 0
+    assert await breaker.call(backend) == "ok 1"
     assert backend.invocations == 1
     assert breaker.state == "closed"
     assert breaker.fail_counter == 0
+    assert breaker.retry_at is None
     assert transitions == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
 
 
-@pytest.mark.asyncio
 async def test_probe_failure_reopens_for_another_reset_timeout() -> None:
     loop = asyncio.get_running_loop()
     breaker = AsyncCircuitBreaker("t", fail_max=5, reset_timeout=RESET)
@@ -117,14 +210,19 @@ async def test_probe_failure_reopens_for_another_reset_timeout() -> None:
     backend = Backend()
     backend.failing = True
 
+    await breaker.ready()  # waits RESET
     with pytest.raises(Boom):
-        await breaker.call(backend)  # waits RESET, probes, fails
+        await breaker.call(backend)  # probes, fails
     reopened = loop.time()
     assert breaker.state == "open"
     assert breaker.retry_at == pytest.approx(reopened + RESET, abs=0.01)
+    with pytest.raises(BreakerOpen) as info:
+        await breaker.call(backend)  # re-opened: refused at once again
+    assert info.value.retry_at == breaker.retry_at
+    assert backend.invocations == 1
 
     backend.failing = False
-    assert await breaker.call(backend) == "ok 2"
+    assert await waiting_call(breaker, backend) == "ok 2"
     assert loop.time() - reopened >= RESET - 0.01
     assert breaker.state == "closed"
     assert transitions == [
@@ -136,21 +234,25 @@ async def test_probe_failure_reopens_for_another_reset_timeout() -> None:
     ]
 
 
-@pytest.mark.asyncio
 async def test_one_probe_while_many_wait_then_all_proceed() -> None:
     breaker = AsyncCircuitBreaker("t", fail_max=5, reset_timeout=RESET)
     await fail(breaker, 5)
     backend = Backend(latency=0.05)
+    rejections: list[int] = []
 
-    results = await asyncio.gather(*(breaker.call(backend) for _ in range(100)))
+    results = await asyncio.gather(
+        *(waiting_call(breaker, backend, rejections) for _ in range(100))
+    )
     assert len(results) == 100
     assert breaker.state == "closed"
     # The probe ran alone; once it closed the breaker the other 99 went together.
     assert results.count("ok 1") == 1
+    assert backend.invocations == 100
     assert backend.max_in_flight == 99
+    # Each of the 99 was refused at most once (when the probe was taken), then waited: no spin.
+    assert len(rejections) <= 99
 
 
-@pytest.mark.asyncio
 async def test_300_concurrent_callers_consistent_state_and_single_probe() -> None:
     loop = asyncio.get_running_loop()
     breaker = AsyncCircuitBreaker("t", fail_max=5, reset_timeout=RESET)
@@ -158,6 +260,7 @@ async def test_300_concurrent_callers_consistent_state_and_single_probe() -> Non
     breaker.add_listener(lambda old, new: events.append(("transition", old, new)))
     fail_first = 30
     backend = Backend(fail_first=fail_first, latency=0.02)
+    refused = [0] * 300
 
     async def fn() -> str:
         events.append(("invoke", breaker.state))
@@ -165,10 +268,15 @@ async def test_300_concurrent_callers_consistent_state_and_single_probe() -> Non
 
     async def caller(i: int) -> str:
         await asyncio.sleep(i * 0.001)  # arrivals spread over 0.3 s
-        try:
-            return await breaker.call(fn)
-        except Boom:
-            return "failed"
+        while True:
+            await breaker.ready()
+            try:
+                return await breaker.call(fn)
+            except BreakerOpen:
+                refused[i] += 1
+                continue
+            except Boom:
+                return "failed"
 
     started = loop.time()
     results = await asyncio.gather(*(caller(i) for i in range(300)))
@@ -190,6 +298,9 @@ async def test_300_concurrent_callers_consistent_state_and_single_probe() -> Non
     # Failures while closed: fail_max counted ones plus stragglers already in flight.
     closed_failures = fail_first - (probes - 1)
     assert closed_failures >= 5
+    # ready() really waits: a caller is refused at most once per half-open period (someone
+    # else took the probe), never in a loop while the breaker is open.
+    assert max(refused) <= probes
 
     # Between transitions: nothing while open, exactly one invocation per half-open period.
     state = "closed"
@@ -205,7 +316,6 @@ async def test_300_concurrent_callers_consistent_state_and_single_probe() -> Non
             invoked_in_period += 1
 
 
-@pytest.mark.asyncio
 async def test_excluded_errors_do_not_count() -> None:
     breaker = AsyncCircuitBreaker(
         "t", fail_max=3, reset_timeout=RESET, exclude=lambda e: isinstance(e, BadRequest)
@@ -219,38 +329,75 @@ async def test_excluded_errors_do_not_count() -> None:
             await breaker.call(bad)
     assert breaker.state == "closed"
     assert breaker.fail_counter == 0
-    await fail(breaker, 3)
+    # An excluded error counts as a success: it resets the consecutive count.
+    await fail(breaker, 2)
+    assert breaker.fail_counter == 2
+    with pytest.raises(BadRequest):
+        await breaker.call(bad)
+    assert breaker.fail_counter == 0
+    await fail(breaker, 2)
+    assert breaker.state == "closed"
+    await fail(breaker, 1)
     assert breaker.state == "open"
 
+    # A probe that gets an excluded error closes the breaker: the backend answered.
+    await breaker.ready()
+    with pytest.raises(BadRequest):
+        await breaker.call(bad)
+    assert breaker.state == "closed"
+    assert breaker.fail_counter == 0
 
-@pytest.mark.asyncio
-async def test_deadline_while_waiting_raises_breaker_open() -> None:
+
+async def test_timeout_around_ready_cancels_cleanly() -> None:
     loop = asyncio.get_running_loop()
     breaker = AsyncCircuitBreaker("t", fail_max=5, reset_timeout=RESET)
+    transitions = recorder(breaker)
     await fail(breaker, 5)
+    retry_at = breaker.retry_at
     backend = Backend()
 
     started = loop.time()
-    with pytest.raises(BreakerOpen):
-        await breaker.call(backend, deadline=started + 0.1)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await breaker.ready()
     assert 0.09 <= loop.time() - started < RESET
+    assert backend.invocations == 0
+    # Nothing changed: still open until the same retry_at, still refusing.
+    assert breaker.state == "open"
+    assert breaker.retry_at == retry_at
+    assert transitions == [("closed", "open")]
+    with pytest.raises(BreakerOpen):
+        await breaker.call(backend)
     assert backend.invocations == 0
 
     # Waiters behind a slow probe time out too, without a second probe.
     slow = Backend(latency=0.5)
-    probe = asyncio.create_task(breaker.call(slow))
+    probe = asyncio.create_task(waiting_call(breaker, slow))
     await asyncio.sleep(RESET + 0.05)
     assert breaker.state == "half-open"
-    with pytest.raises(BreakerOpen):
-        await breaker.call(slow, deadline=loop.time() + 0.05)
     assert slow.invocations == 1
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await breaker.ready()
+    assert 0.04 <= loop.time() - started < 0.4
+    with pytest.raises(BreakerOpen) as info:
+        breaker.admit()  # the probe slot is still taken
+    assert info.value.state == "half-open"
+    assert info.value.retry_at is None
+    assert slow.invocations == 1
+
+    # A waiter that was not timed out still wakes when the probe closes the breaker.
+    follower = asyncio.create_task(waiting_call(breaker, backend))
     assert await probe == "ok 1"
     assert breaker.state == "closed"
+    assert await asyncio.wait_for(follower, 1.0) == "ok 1"
+    assert transitions == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
 
 
-@pytest.mark.asyncio
 async def test_cancelled_probe_hands_over_to_next_waiter() -> None:
     breaker = AsyncCircuitBreaker("t", fail_max=1, reset_timeout=RESET)
+    transitions = recorder(breaker)
     await fail(breaker, 1)
     hang = asyncio.Event()
 
@@ -258,19 +405,80 @@ async def test_cancelled_probe_hands_over_to_next_waiter() -> None:
         await hang.wait()
         return "never"
 
-    probe = asyncio.create_task(breaker.call(hanging))
+    probe = asyncio.create_task(waiting_call(breaker, hanging))
     await asyncio.sleep(RESET + 0.05)
     assert breaker.state == "half-open"
     backend = Backend()
-    second = asyncio.create_task(breaker.call(backend))
+    rejections: list[int] = []
+    second = asyncio.create_task(waiting_call(breaker, backend, rejections))
     await asyncio.sleep(0.05)
     assert backend.invocations == 0  # still waiting behind the probe
+    assert len(rejections) == 0  # waiting in ready(), not refused in a loop
     probe.cancel()
     assert await asyncio.wait_for(second, 1.0) == "ok 1"
+    with pytest.raises(asyncio.CancelledError):
+        await probe
     assert breaker.state == "closed"
+    # The cancelled probe moved nothing: one half-open period, closed by the second caller.
+    assert transitions == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
 
 
-@pytest.mark.asyncio
+async def test_cancelled_closed_call_does_not_count() -> None:
+    breaker = AsyncCircuitBreaker("t", fail_max=2, reset_timeout=RESET)
+    await fail(breaker, 1)
+    hang = asyncio.Event()
+
+    async def hanging() -> None:
+        await hang.wait()
+
+    task = asyncio.create_task(breaker.call(hanging))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert breaker.state == "closed"
+    assert breaker.fail_counter == 1  # neither a failure nor a success
+
+
+async def test_stale_outcomes_are_ignored() -> None:
+    """Outcomes of calls admitted before a transition move nothing."""
+    breaker = AsyncCircuitBreaker("t", fail_max=2, reset_timeout=RESET)
+    transitions = recorder(breaker)
+    early_success = breaker.admit()
+    early_failure = breaker.admit()
+    assert not early_success.probe
+    await fail(breaker, 2)
+    assert breaker.state == "open"
+
+    # Stragglers finishing while open: neither closes it nor counts.
+    breaker.record(early_success, None)
+    breaker.record(early_failure, Boom())
+    assert breaker.state == "open"
+    assert breaker.fail_counter == 2
+
+    await breaker.ready()
+    probe = breaker.admit()
+    assert probe.probe
+    with pytest.raises(BreakerOpen):
+        breaker.admit()  # exactly one probe
+    # A straggler's success while half-open does not close it, nor its failure re-open it.
+    breaker.record(early_success, None)
+    assert breaker.state == "half-open"
+    breaker.record(early_failure, Boom())
+    assert breaker.state == "half-open"
+    with pytest.raises(BreakerOpen):
+        breaker.admit()  # the probe slot is still the real probe's
+
+    breaker.record(probe, None)
+    assert breaker.state == "closed"
+    breaker.record(probe, Boom())  # a duplicate report of the old probe: stale too
+    assert breaker.state == "closed"
+    assert breaker.fail_counter == 0
+    breaker.record(early_failure, Boom())  # from the first closed period: stale
+    assert breaker.fail_counter == 0
+    assert transitions == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+
+
 async def test_failing_listener_does_not_break_the_breaker() -> None:
     breaker = AsyncCircuitBreaker("t", fail_max=1, reset_timeout=RESET)
 
@@ -279,7 +487,11 @@ async def test_failing_listener_does_not_break_the_breaker() -> None:
 
     seen: list[str] = []
     breaker.add_listener(broken)
-    breaker.on_state_change(lambda old, new: seen.append(new))
+    breaker.add_listener(lambda old, new: seen.append(new))
     await fail(breaker, 1)
     assert breaker.state == "open"
     assert seen == ["open"]
+    await breaker.ready()
+    assert await breaker.call(Backend()) == "ok 1"
+    assert breaker.state == "closed"
+    assert seen == ["open", "half-open", "closed"]
