@@ -31,7 +31,7 @@ async def sample_lag_and_budgets() -> None:
     """kafka_consumer_lag from the fetch high watermark (Tansu's ListOffsets is wrong for
     multi-record batches, the fetch answer is not), and this worker's budgets."""
     consumer = app.consumer
-    read_offsets = getattr(consumer, "_read_offset", {})
+    next_offset = getattr(consumer, "next_offset", lambda tp: None)
     metrics.kafka_consumer_lag.clear()  # forget partitions we no longer own
     for tp in consumer.assignment():
         if tp.topic != settings.kafka_topic:
@@ -42,8 +42,7 @@ async def sample_lag_and_budgets() -> None:
             continue
         if highwater is None or highwater < 0:
             continue
-        read = read_offsets.get(tp)
-        position = (read + 1) if read is not None else 0
+        position = next_offset(tp) or 0
         metrics.kafka_consumer_lag.labels(tp.topic, str(tp.partition)).set(
             max(0, highwater - position)
         )

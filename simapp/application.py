@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from mode.utils.objects import cached_property
 
 from simapp.committer import SafeCommitConsumer, SafeCommitTransport
 from simapp.config import Settings, get_settings, sizing_warnings
 from simapp.kafka_admin import ensure_topics
 from simapp.logs import logging_config
 from simapp.producer import all_topic_names
+from simapp.recovery import LedgerFlowControl
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,10 @@ class SimApp(faust.App):
             from simapp.worker_console import use_json_console
 
             use_json_console()
+        if os.environ.get("SIMAPP_TEST_HOOKS"):
+            from simapp import testhooks
+
+            testhooks.install(self)
         SafeCommitConsumer.shutdown_grace = settings.shutdown_grace_seconds
         SafeCommitConsumer.revoke_grace = min(
             settings.shutdown_grace_seconds, float(self.conf.broker_rebalance_timeout) * 0.6
@@ -97,6 +103,11 @@ class SimApp(faust.App):
             s.kafka_replication_factor,
         )
 
+    @cached_property
+    def flow_control(self) -> LedgerFlowControl:
+        """Faust's flow control, telling our consumer when the stream queues are emptied."""
+        return LedgerFlowControl(self, loop=self.loop)
+
     def _new_transport(self) -> Any:
         if not self.simapp_settings.safe_commit:  # stock Faust's rule, for comparisons
             return super()._new_transport()
@@ -126,6 +137,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         "producer_acks": -1,
         "table_cleanup_interval": 30.0,
         "logging_config": logging_config(settings.log_format, settings.log_level),
+        "TableManager": "simapp.recovery:FailLoudTableManager",
     }
     if settings.log_format == "json":
         conf["Worker"] = "simapp.worker_console:JsonConsoleWorker"

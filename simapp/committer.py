@@ -1,30 +1,32 @@
-"""A Faust consumer that never commits past an event that is still in flight.
+"""A Faust consumer whose commit can never pass an offset that was not processed.
 
-faust-streaming's `Consumer._new_offset` commits the end of the first run of consecutive acked
-offsets. With agent concurrency > 1 the head event of a partition can still be running while
-later ones are acked; the head-gap guard only works when something (and not offset 0) was
-committed before (faust-streaming issue #606, PR #707 open). A crash then loses the head event.
+faust-streaming commits the end of the first run of consecutive acked offsets, which passes an
+event still in flight when agent concurrency > 1 (faust-streaming #606). And Faust can lose
+records it fetched without a word: recovery's `flow_control.resume()` clears the agent queues
+right after `perform_seek`, the drain loop drops records below a stale read offset after a
+revoke, a stream skips records of an old generation (docs/reliability.md has the traces).
 
-Our rule is simpler and sound: per partition we track every message an agent actor took and
-has not finished. The commit offset is the smallest such offset; with none in flight it is the
-highest processed offset + 1. Actors take messages in offset order per partition, so every
-offset below the smallest in-flight one was processed or was never a record (control batches,
-compaction), and a redelivery starts exactly at the oldest unfinished event. Messages a stream
-skipped during a rebalance (faust acks those too) never count as processed.
+So per source partition (a topic an agent acks) we keep a ledger and commit only what it
+proves finished: from the position the last seek set (the committed offset), every offset is
+in exactly one state until it is finished: fetched and queued for an actor, taken by an actor
+and in flight, or done (acked). The commit is the first offset that is not done. An offset
+that is in none of the states while later ones were fetched is a gap: it was fetched and lost
+before any actor took it. The commit holds below it, it is logged at WARNING and counted
+(`kafka_offset_gaps_total`), and the partition is seeked back to it, so it is fetched again;
+the ledger drops the re-fetched records it already has. An offset that stays missing after
+MAX_REDELIVERIES seeks is not a record (a transaction marker, a compacted key) and is passed.
+Faust's own read offsets are switched off: the ledger does their de-duplication.
 
-Also fixed here: faust clears the acked offsets of revoked partitions *before* its
-commit-on-revoke runs (faust-streaming issue #502), so every rebalance re-processed everything
-since the last timed commit. We commit what is finished before handing partitions over.
-Shutdown waits for in-flight events at most SHUTDOWN_GRACE_SECONDS, then commits what is safe
-and lets the rest be redelivered (they resume from their checkpoints) instead of hanging.
+Also here: commit before partitions are revoked (Faust clears the acked offsets first,
+faust-streaming #502), and a shutdown or revoke waits for in-flight events at most its grace
+(SHUTDOWN_GRACE_SECONDS; a fraction of the rebalance timeout), then leaves them unacked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 from weakref import WeakSet
 
@@ -35,12 +37,86 @@ from simapp import metrics
 
 log = logging.getLogger(__name__)
 
+REDELIVERY_WAIT = 3.0  # seconds a seek back gets to bring the missing offset before the next
+MAX_REDELIVERIES = 3  # seeks after which a missing offset is taken for a non-record
+
+
+class PartitionLedger:
+    """Where every offset of one source partition stands, from the commit floor on."""
+
+    __slots__ = ("tp", "base", "queued", "inflight", "done", "fetched_to", "seeked_at", "seeks")
+
+    def __init__(self, tp: TP) -> None:
+        self.tp = tp
+        self.base: int | None = None  # every offset below it finished (or is not a record)
+        self.queued: set[int] = set()  # fetched, not yet taken by an actor
+        self.inflight: dict[int, Message] = {}  # taken by an actor, not finished
+        self.done: set[int] = set()  # finished, at or above base
+        self.fetched_to = 0  # highest offset fetched + 1
+        self.seeked_at: float | None = None  # loop time of the last seek back to base
+        self.seeks = 0  # seeks back to the current base
+
+    def admit(self, offset: int) -> bool:
+        """A fetched record: True if it is new, False for one the ledger already has."""
+        if self.base is None:
+            self.base = offset  # nothing committed: fetching starts at the log's start
+        if offset < self.base or offset in self.done or offset in self.inflight:
+            return False
+        self.fetched_to = max(self.fetched_to, offset + 1)
+        if offset in self.queued:
+            return False
+        self.queued.add(offset)
+        return True
+
+    def take(self, message: Message) -> None:
+        self.queued.discard(message.offset)
+        if not message.acked:
+            self.inflight[message.offset] = message
+        elif self.base is not None and message.offset >= self.base:
+            self.done.add(message.offset)
+
+    def settle(self) -> int | None:
+        """Move finished messages to done and the floor over them; the commit offset."""
+        if self.base is None:
+            return None
+        for offset in [o for o, m in self.inflight.items() if m.acked]:
+            del self.inflight[offset]
+            if offset >= self.base:
+                self.done.add(offset)
+        moved = False
+        while self.base in self.done:
+            self.done.discard(self.base)
+            self.base += 1
+            moved = True
+        if moved:
+            self.seeks, self.seeked_at = 0, None
+        return self.base
+
+    def reset(self, committed: int | None) -> None:
+        """After a seek to the committed offset: what was queued is gone (Faust clears the
+        queues next); what is in flight goes on. Without a commit the floor stays where the
+        first fetched record put it."""
+        self.queued.clear()
+        if committed is not None and committed >= 0:
+            self.base = committed
+            self.done = {o for o in self.done if o >= committed}
+        self.seeks, self.seeked_at = 0, None
+
+    def gap(self) -> int | None:
+        """The floor's offset if it was fetched and lost (neither queued, in flight nor done)."""
+        base = self.base
+        if base is None or base >= self.fetched_to:
+            return None
+        if base in self.queued or base in self.inflight or base in self.done:
+            return None
+        return base
+
 
 class _TrackingSet(WeakSet):
-    """Faust's set of unacked messages, also telling us when a stream picks a message up.
+    """Faust's set of unacked messages, also telling us when a stream takes a message.
 
     Faust streams (Python and Cython) add a message to `consumer._unacked_messages` at the
-    moment an agent actor takes it from the channel: that is exactly "in flight" for us.
+    moment an agent actor takes it from its channel: that is "in flight" for us.
     """
 
     def __init__(self, on_add: Callable[[Message], None]) -> None:
@@ -52,62 +128,142 @@ class _TrackingSet(WeakSet):
         self._on_add(item)
 
 
+class _NoReadOffsets(dict):
+    """Faust's per-partition read offsets, switched off: reads say "none", writes are
+    dropped. The drain loop then hands every fetched record on, and the ledgers drop the
+    ones they already have (a stale read offset silently dropped records before)."""
+
+    def __getitem__(self, key: Any) -> None:
+        return None
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        return None
+
+    def __delitem__(self, key: Any) -> None:
+        return None
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def pop(self, key: Any, default: Any = None) -> Any:
+        return default
+
+
 class SafeCommitConsumer(faust_aiokafka.Consumer):
-    """aiokafka-driver Consumer with the in-flight-aware commit rule."""
+    """aiokafka-driver Consumer with the ledger commit rule."""
 
     shutdown_grace: float = 30.0  # set from SHUTDOWN_GRACE_SECONDS by the app
     revoke_grace: float = 5.0  # must stay below the broker's rebalance timeout
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # offsets handed to streams and not yet acked, per partition (dict keeps it cheap)
-        # messages an agent actor took and that were not finished at the last look, by offset
-        self._inflight: dict[TP, dict[int, Message]] = defaultdict(dict)
-        self._max_done: dict[TP, int] = {}  # highest processed-and-acked offset
+        self._ledgers: dict[TP, PartitionLedger] = {}
         self._grace: float | None = None
-        self._unacked_messages = _TrackingSet(self._record_inflight)
+        self._read_offset = _NoReadOffsets()
+        self._unacked_messages = _TrackingSet(self._on_take)
 
-    # ----- bookkeeping ------------------------------------------------------------------
-    def _record_inflight(self, message: Message) -> None:
-        if not message.acked:
-            self._inflight[message.tp][message.offset] = message
+    # ----- the ledgers ------------------------------------------------------------------
+    def _tracked(self, tp: TP) -> bool:
+        return self.app.topics.acks_enabled_for(tp.topic)
 
-    def _settle(self, tp: TP) -> None:
-        """Move finished messages out of the in-flight set. Faust's Cython stream acks inline
-        (it never calls Consumer.ack), so we look at `message.acked` instead of hooking ack."""
-        inflight = self._inflight.get(tp)
-        if not inflight:
-            return
-        done = [offset for offset, message in inflight.items() if message.acked]
-        for offset in done:
-            del inflight[offset]
-        if done:
-            self._max_done[tp] = max(self._max_done.get(tp, -1), max(done))
+    def _ledger(self, tp: TP) -> PartitionLedger | None:
+        ledger = self._ledgers.get(tp)
+        if ledger is None and self._tracked(tp):
+            ledger = self._ledgers[tp] = PartitionLedger(tp)
+        return ledger
+
+    def _on_take(self, message: Message) -> None:
+        ledger = self._ledger(message.tp)
+        if ledger is not None:
+            ledger.take(message)
+
+    def next_offset(self, tp: TP) -> int | None:
+        """The offset after the last one fetched (for the consumer lag metric)."""
+        ledger = self._ledgers.get(tp)
+        return ledger.fetched_to if ledger is not None else None
+
+    def on_queues_cleared(self) -> None:
+        """Faust emptied the stream queues (flow control): what they held is lost."""
+        for ledger in self._ledgers.values():
+            ledger.queued.clear()
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 - Faust's signature
+        async for tp, message in super().getmany(timeout):
+            ledger = self._ledger(tp)
+            if ledger is None or ledger.admit(message.offset):
+                yield tp, message
+
+    async def highwaters(self, *partitions: TP) -> Any:
+        """End offsets for table recovery, checked against the broker's Fetch answer."""
+        from simapp.recovery import verified_highwaters
+
+        listed = await super().highwaters(*partitions)
+        return await verified_highwaters(self.app.simapp_settings.kafka_bootstrap_servers, listed)
+
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets; each ledger restarts its floor there."""
+        committed = await self.seek_to_committed()
+        self._committed_offset.update({tp: offset for tp, offset in committed.items() if offset})
+        for tp, offset in committed.items():
+            ledger = self._ledger(tp)
+            if ledger is not None:
+                ledger.reset(offset)
 
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
-        if not acked:
+        ledger = self._ledgers.get(tp)
+        new = ledger.settle() if ledger is not None else None
+        if new is None:
             return None
-        self._settle(tp)
-        inflight = self._inflight.get(tp)
-        done = self._max_done.get(tp)
-        # Only offsets an agent really processed count: faust also acks messages its streams
-        # skip during a rebalance (stale generation), which must be fetched again, not committed.
-        candidates = []
-        if inflight:
-            candidates.append(min(inflight))
-        if done is not None:
-            candidates.append(done + 1)
-        if not candidates:
-            return None
-        new = min(candidates)
-        keep = [o for o in acked if o >= new]  # forget acked offsets below the commit point
-        acked[:] = keep
-        self._acked_index[tp].intersection_update(keep)
+        acked[:] = [o for o in acked if o >= new]  # Faust's list: forget what is committed
+        self._acked_index[tp].intersection_update(acked)
         committed = self._committed_offset[tp]
         if committed is not None and new <= committed:
             return None
         return new
+
+    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        if not self.app.rebalancing and self.flow_active:
+            await self.redeliver_gaps()
+        return await super().commit(topics, start_new_transaction=start_new_transaction)
+
+    async def redeliver_gaps(self) -> None:
+        """Seek each partition back to an offset that was fetched and lost."""
+        loop = asyncio.get_running_loop()
+        seeks: dict[TP, int] = {}
+        for tp, ledger in self._ledgers.items():
+            ledger.settle()
+            offset = ledger.gap()
+            if offset is None:
+                continue
+            now = loop.time()
+            if ledger.seeked_at is not None and now - ledger.seeked_at < REDELIVERY_WAIT:
+                continue
+            if ledger.seeks >= MAX_REDELIVERIES:
+                log.warning(
+                    "offset %s of %s[%s] still missing after %d seeks back: not a record "
+                    "(a transaction marker or a compacted key); committing past it",
+                    offset, tp.topic, tp.partition, ledger.seeks,
+                )  # fmt: skip
+                assert ledger.base is not None
+                ledger.base += 1
+                ledger.seeks, ledger.seeked_at = 0, None
+                continue
+            if ledger.seeks == 0:
+                metrics.kafka_offset_gaps.labels(tp.topic).inc()
+                log.warning(
+                    "offset gap: %s[%s] offset %s was fetched but never processed; holding "
+                    "the commit below it and fetching it again",
+                    tp.topic, tp.partition, offset,
+                )  # fmt: skip
+            ledger.seeks += 1
+            ledger.seeked_at = now
+            seeks[tp] = offset
+        if seeks:
+            try:
+                await self.seek_wait(seeks)
+            except Exception as exc:  # a failed seek is retried at the next commit
+                log.warning("seek back to %s failed: %r", seeks, exc)
 
     async def _commit(self, offsets: Any) -> bool:
         try:
@@ -120,7 +276,7 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
 
     # ----- rebalance and shutdown -------------------------------------------------------
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        # Commit finished work while faust still has the acked offsets (issue #502).
+        # Commit finished work while the ledgers still know it (faust-streaming #502).
         try:
             await self.commit(revoked)
         except Exception as exc:  # a failed commit means redelivery, never loss
@@ -130,20 +286,15 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
             await super().on_partitions_revoked(revoked)
         finally:
             self._grace = None
-        # Buffered messages were cleared by faust; the new owner (or we, after the seek to the
-        # committed offset) will fetch them again. Forget what is no longer ours.
-        for tp in revoked:
-            self._inflight.pop(tp, None)
-            self._max_done.pop(tp, None)
+        self._forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
-        # After a rebalance faust seeks every assigned partition to its committed offset and
-        # re-fetches from there: offsets buffered before are delivered (and tracked) again.
-        for tp in list(self._inflight):
-            if tp not in assigned:
-                self._inflight.pop(tp, None)
-                self._max_done.pop(tp, None)
+        self._forget(tp for tp in list(self._ledgers) if tp not in assigned)
         await super().on_partitions_assigned(assigned, generation_id)
+
+    def _forget(self, tps: Iterable[TP]) -> None:
+        for tp in list(tps):
+            self._ledgers.pop(tp, None)
 
     async def wait_empty(self) -> None:
         """Wait for in-flight events, at most the grace period, then commit what is safe."""

@@ -117,6 +117,12 @@ kafka_commits_succeeded = Counter(
 kafka_commits_failed = Counter(
     "kafka_commits_failed", "Offset commits that failed", registry=REGISTRY
 )
+kafka_offset_gaps = Counter(
+    "kafka_offset_gaps",
+    "Offsets fetched but lost before an actor took them, held and fetched again",
+    ["topic"],
+    registry=REGISTRY,
+)
 # --- progress (seed) ---
 remaining_simulations = Gauge(
     "remaining_simulations",
