@@ -9,7 +9,7 @@ WORKERS ?= 1
 RPS ?= 200
 ARGS ?=
 
-.PHONY: install run test test-fast lint loadtest bench tools up down clean
+.PHONY: install run test test-fast lint loadtest bench chaos tools up down clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,6 +49,10 @@ loadtest: install
 ## Benchmark on the embedded stack (see docs/benchmarks.md).
 bench: install
 	$(BIN)/python -m simapp.bench --count $(if $(filter file,$(origin COUNT)),10000,$(COUNT)) --workers $(if $(filter file,$(origin WORKERS)),2,$(WORKERS)) --rps $(RPS) $(ARGS)
+
+## Losses under faults: workers killed, stopped and added mid-burst (see docs/reliability.md).
+chaos: install
+	$(BIN)/python -m simapp.chaos --count $(if $(filter file,$(origin COUNT)),1000,$(COUNT)) --workers $(if $(filter file,$(origin WORKERS)),3,$(WORKERS)) $(ARGS)
 
 up:
 	@test -f .env || { echo "no .env: run 'cp .env.example .env' and edit it (see docs/deployment.md)"; exit 1; }

@@ -5,9 +5,10 @@ none of the modules that use it: Faust's autodiscovery imports the agents, table
 and commands listed in DISCOVERED (agents import the app, never the other way round).
 
 Two broker profiles: `kafka` keeps Faust's production defaults; `embedded` tunes for the Tansu
-broker (ARCHITECTURE.md, "Tansu facts"): one record per produce batch (its ListOffsets is wrong
-for multi-record batches), short session and rebalance timeouts (its JoinGroup waits
-session_timeout/2), and every topic created up front with the configured partition count.
+broker (ARCHITECTURE.md, "Tansu facts"): short session and rebalance timeouts (its JoinGroup
+waits session_timeout/2). Both create every topic up front with the configured partition
+count, and both batch produces: table recovery checks end offsets against a Fetch
+(simapp/recovery.py), so Tansu's wrong ListOffsets for multi-record batches does no harm.
 """
 
 from __future__ import annotations
@@ -145,7 +146,6 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         conf["datadir"] = settings.worker_datadir
     if settings.embedded:
         conf.update(
-            producer_max_batch_size=1,
             broker_session_timeout=3.0,
             broker_heartbeat_interval=0.5,
             broker_rebalance_timeout=4.0,

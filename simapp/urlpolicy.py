@@ -2,8 +2,9 @@
 
 Events are untrusted: a callback URL is a request to make an HTTP call from inside our network,
 so it must be http(s) and its host must pass an allowlist (`CALLBACK_ALLOWED_HOSTS`: host names,
-`*.domain` wildcards and CIDRs). Without an allowlist, any public host is allowed but loopback,
-private, link-local (cloud metadata) and reserved addresses are refused.
+`*.domain` wildcards and CIDRs). Without an allowlist, any public host is allowed but every
+address that is not globally routable is refused (loopback, private, link-local and cloud
+metadata, shared, reserved), also when a name resolves to one (simapp/callbacks.py).
 """
 
 from __future__ import annotations
@@ -22,18 +23,23 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def is_internal_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Loopback, private, link-local, reserved, multicast or unspecified."""
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return (
-        addr.is_loopback
-        or addr.is_private
-        or addr.is_link_local
-        or addr.is_reserved
-        or addr.is_multicast
-        or addr.is_unspecified
-    )
+    """Anything not globally routable (loopback, private, link-local and cloud metadata,
+    shared/CGNAT, documentation, reserved), and multicast; IPv6 forms that embed an IPv4
+    address (mapped, NAT64, 6to4, Teredo) are judged by that address."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        elif addr in _NAT64:
+            addr = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        elif addr.sixtofour is not None:
+            addr = addr.sixtofour
+        elif addr.teredo is not None:
+            addr = addr.teredo[1]
+    return not addr.is_global or addr.is_multicast
 
 
 class CallbackPolicy:
