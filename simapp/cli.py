@@ -27,6 +27,7 @@ from faust.cli import AppCommand, argument, option
 from simapp import follow as fl
 from simapp.application import app, settings
 from simapp.config import Settings
+from simapp.estimate import report_lines
 from simapp.producer import encode_event, produce
 from simapp.schemas import EventDecoder, Rejection
 
@@ -114,6 +115,27 @@ FOLLOW_TIMEOUT_OPTION = option(
 )
 
 
+ESTIMATE_OPTION = option(
+    "--estimate/--no-estimate",
+    default=False,
+    help="print the expected LLM calls, time and cost, and send nothing",
+)
+
+
+async def print_estimate(events: list[dict], s: Settings, workers: int) -> int:
+    """The estimate of a batch (nothing is sent); history from the results topic if any."""
+    from simapp.estimate import Figures, estimate, figures_from_results, read_recent_results
+    from simapp.schemas import SimulationEvent
+
+    figures = Figures()
+    if broker_configured(s):
+        figures = figures_from_results(await read_recent_results(s)) or figures
+    parsed = [SimulationEvent.model_validate(e) for e in events]
+    result = estimate(parsed, s, figures, workers)
+    print("\n".join(report_lines(result, s)))
+    return 0
+
+
 # ----- loadtest ---------------------------------------------------------------------------
 @app.command(
     option("--count", type=int, default=200, show_default=True, help="events in the batch"),
@@ -147,6 +169,12 @@ FOLLOW_TIMEOUT_OPTION = option(
         help="embedded workers' CONCURRENT_CONVERSATIONS (default: configured, else 100)",
     ),
     option("--seed", type=int, default=None, help="catalogue random seed"),
+    option(
+        "--features/--no-features",
+        default=False,
+        help="catalogue events with a system under test, user instructions and judge criteria",
+    ),
+    ESTIMATE_OPTION,
     FOLLOW_TIMEOUT_OPTION,
     base=SimappCommand,
 )
@@ -165,6 +193,8 @@ async def loadtest(
     rps: float | None,
     concurrency: int | None,
     seed: int | None,
+    features: bool,
+    estimate: bool,
     follow_timeout: float,
 ) -> int:
     """Send a load-test batch from the built-in catalogue (embedded stack without a broker)."""
@@ -175,6 +205,11 @@ async def loadtest(
         print(problem, file=sys.stderr)
         return 2
     batch_id = batch_id or new_batch_id()
+    if estimate:
+        events = make_batch(
+            count, batch_id, callback_url or "http://127.0.0.1/", model, settings, seed, features
+        )
+        return await print_estimate(events, settings, max(1, workers))
     use_embedded = embedded if embedded is not None else not broker_configured(settings)
     session = None
     try:
@@ -208,7 +243,7 @@ async def loadtest(
             if not callback_url:
                 print("--callback-url is required with a configured broker", file=sys.stderr)
                 return 2
-        events = make_batch(count, batch_id, callback_url, model, target.max_iterations, seed)
+        events = make_batch(count, batch_id, callback_url, model, target, seed, features)
         started = time.time()
         producing = asyncio.create_task(
             produce(target, (encode_event(e) for e in events), rate=rate)
@@ -257,17 +292,26 @@ def embedded_worker_settings(
 
 
 def make_batch(
-    count: int, batch_id: str, callback_url: str, model: str, max_iterations: int, seed: int | None
+    count: int,
+    batch_id: str,
+    callback_url: str,
+    model: str,
+    s: Settings,
+    seed: int | None,
+    features: bool,
 ) -> list[dict]:
     from simapp.catalogue import make_events
 
+    endpoint = next(iter(s.assistant_endpoints), None)  # features use the first endpoint
     return make_events(
         count,
         callback_url=callback_url,
         model=model,
         batch_id=batch_id,
-        max_iterations=max_iterations,
+        max_iterations=s.max_iterations,
         seed=seed,
+        features=features,
+        endpoint=endpoint,
     )
 
 
@@ -311,6 +355,14 @@ def validate_lines(lines: list[str], s: Settings, batch_id: str) -> tuple[list[d
     option("--batch-id", default=None, help="batch id (default: a new random one)"),
     FOLLOW_OPTION,
     WEB_URL_OPTION,
+    ESTIMATE_OPTION,
+    option(
+        "--workers",
+        type=int,
+        default=1,
+        show_default=True,
+        help="workers sharing the load, for --estimate without LLM_GLOBAL_RATE_LIMIT_RPS",
+    ),
     FOLLOW_TIMEOUT_OPTION,
     base=SimappCommand,
 )
@@ -320,6 +372,8 @@ async def submit(
     batch_id: str | None,
     follow: bool,
     web_url: str | None,
+    estimate: bool,
+    workers: int,
     follow_timeout: float,
 ) -> int:
     """Validate every line of FILE.jsonl, then send them all as one batch."""
@@ -339,6 +393,8 @@ async def submit(
             print(f"{file}: {problem}", file=sys.stderr)
         print(f"{len(problems)} bad line(s); nothing was sent", file=sys.stderr)
         return 2
+    if estimate:
+        return await print_estimate(events, settings, max(1, workers))
     started = time.time()
     sent = await produce(settings, (encode_event(e) for e in events))
     print(f"sent {sent} events, batch {batch_id}", flush=True)

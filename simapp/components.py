@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
+from simapp import metrics
 from simapp.breaker import AsyncCircuitBreaker
 from simapp.callbacks import CallbackSender
 from simapp.checkpoints import TableStore
@@ -46,13 +48,18 @@ def load_engine_class(path: str) -> type[ConversationEngine]:
 
 
 def rate_limits(s: Settings) -> RateLimits:
-    return RateLimits(
+    """The default backend's budget (every model), its model ceilings, and one budget per
+    assistant endpoint (its `rps` is the whole group's: each worker takes its share)."""
+    limits = RateLimits(
         s.llm_base_rps,
         tpm=s.llm_tpm_limit,
         model_rps=s.llm_model_rate_limits,
         safety_margin=s.llm_rate_safety_margin,
         shared=s.llm_global_rate_limit_rps is not None,  # the group's limit: take our share
     )
+    for name, endpoint in s.assistant_endpoints.items():
+        limits.add_backend(name, endpoint.rps, endpoint.tpm, shared=True)
+    return limits
 
 
 class LazySession:
@@ -72,11 +79,16 @@ class LazySession:
             await self._session.close()
 
 
-def redactor(secret: str | None) -> Callable[[str], str]:
-    """Error texts for summaries and logs, never carrying the API key."""
-    if not secret or len(secret) <= 3:
-        return lambda text: text
-    return lambda text: text.replace(secret, "***")
+def redactor(*secrets: str | None) -> Callable[[str], str]:
+    """Error texts for summaries and logs, never carrying an API key."""
+    kept = [secret for secret in secrets if secret and len(secret) > 3]
+
+    def redact(text: str) -> str:
+        for secret in kept:
+            text = text.replace(secret, "***")
+        return text
+
+    return redact
 
 
 def breaker_for(name: str, s: Settings, llm_metrics: LLMMetrics) -> AsyncCircuitBreaker:
@@ -115,12 +127,30 @@ def llm_client(s: Settings, limits: RateLimits) -> LLMClient:
             DEFAULT_BACKEND, route, breaker_for(name, s, llm_metrics), first_call
         )
     }
+    secrets = [key]
+    for endpoint_name, endpoint in s.assistant_endpoints.items():
+        from simapp.openai_protocol import OpenAIProtocol
+
+        endpoint_key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
+        if endpoint.api_key_env and not endpoint_key:
+            log.warning(
+                "assistant endpoint %s: %s is not set; its requests carry no API key",
+                endpoint_name,
+                endpoint.api_key_env,
+            )
+        secrets.append(endpoint_key)
+        endpoint_route = OpenAIProtocol(endpoint.base_url, endpoint_key, s.llm_timeout, session)
+        backends[endpoint_name] = Backend(
+            endpoint_name,
+            endpoint_route,
+            breaker_for(f"endpoint:{endpoint_name}", s, llm_metrics),
+        )
     return LLMClient(
         limits,
         backends,
         RetryPolicy(attempts=s.llm_retry_attempts, backoff_max=s.llm_backoff_max),
         llm_metrics,
-        redact=redactor(key),
+        redact=redactor(*secrets),
     )
 
 
@@ -146,6 +176,9 @@ class WorkerParts:
                 max_iterations_cap=s.max_iterations,
                 timeout=s.conversation_timeout,
                 user_model=s.user_simulator_model,
+                judge_model=s.judge_model,
+                judge_timeout=s.llm_timeout * 2,
+                endpoint_models={name: e.model for name, e in s.assistant_endpoints.items()},
             )
             # Lives as long as the worker: closing it while conversations past the shutdown
             # grace can still finish would turn our own shutdown into callback failures.
@@ -173,6 +206,7 @@ class WorkerParts:
         """A new assignment: this worker's share of the group's budgets."""
         share = self.share_of(assigned)
         self.limits.set_share(share)
+        metrics.budget_rates(self.limits)
         log.info(
             "rate budget share %.3f (%d/%d partitions)",
             share,

@@ -13,8 +13,23 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class EndpointConfig(BaseModel):
+    """An assistant endpoint events may name (`assistant.endpoint`): the user's own
+    OpenAI-compatible chatbot or agent. Events never carry its URL or its secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(pattern=r"^https?://[^\s/]+", description="OpenAI-compatible base URL")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="env variable holding its key"
+    )
+    rps: float = Field(gt=0, description="its request limit for the whole group")
+    tpm: int | None = Field(None, gt=0)
+    model: str = Field("default", description="model name sent when the event names none")
 
 
 class LLMRoute(StrEnum):
@@ -85,6 +100,10 @@ class Settings(BaseSettings):
         "else the LiteLLM library; openai or litellm force one",
     )
     user_simulator_model: str | None = None
+    judge_model: str | None = Field(None, description="judge's model; unset = the event's model")
+    assistant_endpoints: Annotated[dict[str, EndpointConfig], NoDecode] = Field(
+        default_factory=dict, description="JSON: endpoint name -> base_url, api_key_env, rps"
+    )
     llm_global_rate_limit_rps: float | None = Field(None, gt=0)
     llm_model_rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     llm_tpm_limit: int | None = Field(None, gt=0)
@@ -138,6 +157,23 @@ class Settings(BaseSettings):
                 return json.loads(value)
             pairs = (item.split("=", 1) for item in _split_csv(value))
             return {name.strip(): float(rate) for name, rate in pairs}
+        return value
+
+    @field_validator("assistant_endpoints", mode="before")
+    @classmethod
+    def _endpoints(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("assistant_endpoints")
+    @classmethod
+    def _endpoint_names(cls, value: dict[str, EndpointConfig]) -> dict[str, EndpointConfig]:
+        import re
+
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}", name):
+                raise ValueError(f"endpoint name {name!r}: letters, digits, . _ - (max 64)")
         return value
 
     @field_validator("callback_allowed_hosts")
@@ -198,9 +234,11 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            name = str(err["loc"][0]).upper() if err["loc"] else "?"
+            loc = err["loc"]
+            name = str(loc[0]).upper() if loc else "?"
+            where = ".".join([name, *(str(part) for part in loc[1:])])
             shown = "***" if "KEY" in name else repr(err.get("input"))
-            lines.append(f"  {name}: {err['msg']} (got {shown})")
+            lines.append(f"  {where}: {err['msg']} (got {shown})")
         raise SettingsError("invalid simapp configuration:\n" + "\n".join(lines)) from None
 
 

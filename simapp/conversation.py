@@ -1,28 +1,33 @@
-"""The conversation engine: an assistant under test and a simulated user, turn by turn.
+"""The conversation engine: the system under test and a simulated user, turn by turn.
 
-Pure async code with no Faust inside, so it can be unit-tested and replaced. Extension points
-(the seed's Development section): subclass `ConversationEngine` and override `should_end`
-(end detection), `assistant_turn` / `user_turn` (one turn each) or `run_turns` (the loop), then
-point `ENGINE_CLASS=yourmodule:YourEngine` at it. No fork needed.
+Pure async code with no Faust inside, so it is unit-tested and replaceable: subclass
+`ConversationEngine` and override `should_end` (end detection), `assistant_turn` /
+`user_turn` (one turn), `user_view` (the simulated user's prompt), `evaluate` (the judge) or
+`run_turns` (the loop), then set `ENGINE_CLASS=yourmodule:YourEngine`.
 
-`end_reason` values:
-- ``completed``      the simulated user said it is done (it emitted the stop marker);
-- ``max_iterations`` the assistant answered `max_iterations` times;
-- ``timeout``        CONVERSATION_TIMEOUT elapsed; the partial history is delivered;
-- ``llm_error``      the provider refused a call in a way retrying cannot fix (401/403, 400,
-                     unknown model); `error` in the summary says what;
-- ``llm_unavailable`` retries were exhausted (timeouts, 5xx, connection errors).
+An event may bring the system under test (`assistant`: its system prompt, model, sampling,
+or a configured endpoint), the simulated user's model and instructions (`user`), criteria for
+a judge (`judge`) and `min_iterations`. The README's end_reason table lists every reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from simapp.schemas import Message, SimulationEvent, Summary, Usage
+from simapp.schemas import (
+    CriterionVerdict,
+    Evaluation,
+    Message,
+    SimulationEvent,
+    Summary,
+    Usage,
+)
 
 STOP_MARKER = "<<END>>"
 
@@ -32,6 +37,7 @@ END_TIMEOUT = "timeout"
 END_LLM_ERROR = "llm_error"
 END_LLM_UNAVAILABLE = "llm_unavailable"
 END_CONTEXT_WINDOW = "context_window_exceeded"
+END_USER_ERROR = "user_error"
 END_REASONS = (
     END_COMPLETED,
     END_MAX_ITERATIONS,
@@ -39,7 +45,25 @@ END_REASONS = (
     END_LLM_ERROR,
     END_LLM_UNAVAILABLE,
     END_CONTEXT_WINDOW,
+    END_USER_ERROR,
 )
+ROLE_ASSISTANT, ROLE_USER, ROLE_JUDGE = "assistant", "user", "judge"
+
+GENERIC_ASSISTANT_PROMPT = (
+    "You are a helpful, concise assistant. Answer the user's questions accurately."
+)
+GO_ON = (
+    "Stay in character and reply with the user's next message. Do not end the conversation "
+    "yet: the assistant has not answered enough times."
+)
+EMPTY_REPLY = "Your last reply was empty. Reply with the user's next message."
+JUDGE_PROMPT = (
+    "You are an impartial judge of a conversation between a user and an AI assistant. For "
+    "each numbered criterion, decide whether the assistant's side of the conversation meets "
+    "it. Answer with JSON only, in the order given: "
+    '{"criteria": [{"criterion": "<text>", "passed": true, "reasoning": "<one sentence>"}]}'
+)
+REASONING_LIMIT = 2_000
 
 
 @dataclass(slots=True)
@@ -53,7 +77,7 @@ class Completion:
 
 
 class LLMError(Exception):
-    """An LLM call failed for good. `end_reason` is llm_error or llm_unavailable."""
+    """An LLM call failed for good; `end_reason` says how the conversation ends."""
 
     def __init__(self, message: str, end_reason: str = END_LLM_ERROR) -> None:
         super().__init__(message)
@@ -68,7 +92,7 @@ class LLM(Protocol):
         model: str,
         messages: list[dict[str, str]],
         *,
-        role: str = "assistant",
+        role: str = ROLE_ASSISTANT,
         temperature: float | None = None,
         max_tokens: int | None = None,
         endpoint: str | None = None,
@@ -77,12 +101,14 @@ class LLM(Protocol):
 
 @dataclass(slots=True)
 class ConversationState:
-    """Everything needed to resume a conversation: it is what a checkpoint stores."""
+    """Everything needed to resume a conversation: what a checkpoint stores."""
 
     history: list[dict[str, str]]
     iterations: int = 0
     usage: Usage = field(default_factory=Usage)
     elapsed_ms: int = 0  # time spent in earlier attempts (before a crash/resume)
+    ended: str | None = None  # the end_reason, once the turns are over (the judge may follow)
+    error: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -90,6 +116,8 @@ class ConversationState:
             "iterations": self.iterations,
             "usage": self.usage.model_dump(),
             "elapsed_ms": self.elapsed_ms,
+            "ended": self.ended,
+            "error": self.error,
         }
 
     @classmethod
@@ -99,6 +127,8 @@ class ConversationState:
             iterations=int(data["iterations"]),
             usage=Usage.model_validate(data.get("usage") or {}),
             elapsed_ms=int(data.get("elapsed_ms", 0)),
+            ended=data.get("ended"),
+            error=data.get("error"),
         )
 
 
@@ -106,24 +136,77 @@ Checkpoint = Callable[[ConversationState], Awaitable[None]]
 
 
 def assistant_system_prompt(event: SimulationEvent) -> str:
-    return "You are a helpful, concise assistant. Answer the user's questions accurately."
+    spec = event.assistant
+    return spec.system_prompt if spec and spec.system_prompt else GENERIC_ASSISTANT_PROMPT
 
 
 def user_system_prompt(event: SimulationEvent, stop_marker: str = STOP_MARKER) -> str:
-    """Prompt that makes an LLM play the persona. Mentions the marker it must use to finish."""
+    """The prompt that makes an LLM play the persona, with the marker it must use to finish."""
     persona = event.persona
     traits = ", ".join(persona.traits) if persona.traits else "none in particular"
-    return (
+    lines = [
         "You are role-playing a user talking to an AI assistant. Stay in character; never say "
-        "you are an AI.\n"
-        f"Persona: {persona.name}\n"
-        f"Description: {persona.description}\n"
-        f"Traits: {traits}\n"
-        f"Your goal: {event.intent}\n"
+        "you are an AI.",
+        f"Persona: {persona.name}",
+        f"Description: {persona.description}",
+        f"Traits: {traits}",
+        f"Your goal: {event.intent}",
+    ]
+    if event.user and event.user.instructions:
+        lines.append(f"Also: {event.user.instructions}")
+    if event.min_iterations:
+        lines.append(
+            f"Do not end the conversation before the assistant has answered "
+            f"{event.min_iterations} times."
+        )
+    lines += [
         "Reply with the user's next message only. When your goal is met or you want to stop, "
-        "write a short closing message and end it with the stop marker.\n"
-        f"Stop marker: {stop_marker}"
+        "write a short closing message and end it with the stop marker.",
+        f"Stop marker: {stop_marker}",
+    ]
+    return "\n".join(lines)
+
+
+def judge_messages(event: SimulationEvent, history: list[dict[str, str]]) -> list[dict]:
+    assert event.judge is not None
+    criteria = "\n".join(f"{i}. {c}" for i, c in enumerate(event.judge.criteria, start=1))
+    turns = "\n".join(
+        f"{m['role'].upper()}: {m['content']}" for m in history if m["role"] != "system"
     )
+    instructions = ""
+    if event.assistant and event.assistant.system_prompt:
+        instructions = f"The assistant's instructions:\n{event.assistant.system_prompt}\n\n"
+    return [
+        {"role": "system", "content": JUDGE_PROMPT},
+        {"role": "user", "content": f"{instructions}Criteria:\n{criteria}\n\nTranscript:\n{turns}"},
+    ]
+
+
+def parse_verdicts(text: str, criteria: list[str]) -> list[CriterionVerdict] | None:
+    """The judge's JSON answer, one verdict per criterion in order; None when unreadable."""
+    match = re.search(r"\{.*\}", text, re.DOTALL)
+    if match is None:
+        return None
+    try:
+        data = json.loads(match.group(0))
+    except ValueError:
+        return None
+    items = data.get("criteria") if isinstance(data, dict) else None
+    if not isinstance(items, list) or len(items) != len(criteria):
+        return None
+    verdicts = []
+    for criterion, item in zip(criteria, items, strict=True):
+        if not isinstance(item, dict) or not isinstance(item.get("passed"), bool):
+            return None
+        reasoning = item.get("reasoning")
+        verdicts.append(
+            CriterionVerdict(
+                criterion=criterion,
+                passed=item["passed"],
+                reasoning=str(reasoning)[:REASONING_LIMIT] if reasoning is not None else "",
+            )
+        )
+    return verdicts
 
 
 class ConversationEngine:
@@ -138,11 +221,17 @@ class ConversationEngine:
         max_iterations_cap: int,
         timeout: float,
         user_model: str | None = None,
+        judge_model: str | None = None,
+        judge_timeout: float = 60.0,
+        endpoint_models: Mapping[str, str] | None = None,
     ) -> None:
         self.llm = llm
         self.max_iterations_cap = max_iterations_cap
         self.timeout = timeout
         self.user_model = user_model
+        self.judge_model = judge_model
+        self.judge_timeout = judge_timeout
+        self.endpoint_models = dict(endpoint_models or {})
 
     # ----- extension points -------------------------------------------------------------
     def initial_state(self, event: SimulationEvent) -> ConversationState:
@@ -160,7 +249,7 @@ class ConversationEngine:
         return None
 
     def user_view(self, event: SimulationEvent, history: list[dict[str, str]]) -> list[dict]:
-        """The simulated user's prompt: the history with roles swapped."""
+        """The simulated user's prompt: the persona, then the history with roles swapped."""
         swapped = {"user": "assistant", "assistant": "user"}
         messages = [{"role": "system", "content": user_system_prompt(event, self.stop_marker)}]
         messages.extend(
@@ -171,21 +260,50 @@ class ConversationEngine:
         return messages
 
     async def assistant_turn(self, event: SimulationEvent, state: ConversationState) -> None:
-        reply = await self.llm.complete(event.model, state.history)
-        self._account(state, reply)
+        spec = event.assistant
+        endpoint = spec.endpoint if spec else None
+        model = event.assistant_model
+        if endpoint is not None and not (spec and spec.model):
+            model = self.endpoint_models.get(endpoint, model)  # what the endpoint serves
+        reply = await self.llm.complete(
+            model,
+            state.history,
+            role=ROLE_ASSISTANT,
+            temperature=spec.temperature if spec else None,
+            max_tokens=spec.max_tokens if spec else None,
+            endpoint=endpoint,
+        )
+        self._account(state, ROLE_ASSISTANT, reply)
         state.history.append({"role": "assistant", "content": reply.content})
         state.iterations += 1
 
     async def user_turn(self, event: SimulationEvent, state: ConversationState) -> str | None:
-        """Adds the simulated user's reply; returns `completed` when it used the stop marker."""
-        reply = await self.llm.complete(
-            self.user_model or event.model, self.user_view(event, state.history)
-        )
-        self._account(state, reply)
-        text, done = self.strip_marker(reply.content)
-        if text or not done:
-            state.history.append({"role": "user", "content": text})
-        return END_COMPLETED if done else None
+        """Adds the simulated user's reply; `completed` when it used the stop marker (and the
+        assistant answered `min_iterations` times), `user_error` when it twice said nothing."""
+        spec = event.user
+        model = (spec.model if spec else None) or self.user_model or event.model
+        nudge = None
+        for _attempt in range(2):
+            messages = self.user_view(event, state.history)
+            if nudge is not None:
+                messages.append({"role": "system", "content": nudge})
+            reply = await self.llm.complete(
+                model, messages, role=ROLE_USER, temperature=spec.temperature if spec else None
+            )
+            self._account(state, ROLE_USER, reply)
+            text, done = self.strip_marker(reply.content)
+            if done and state.iterations < (event.min_iterations or 0):
+                done = False  # too early: the marker is not honoured
+                nudge = GO_ON
+            else:
+                nudge = EMPTY_REPLY
+            if text:
+                state.history.append({"role": "user", "content": text})
+            if done:
+                return END_COMPLETED
+            if text:
+                return None
+        return END_USER_ERROR
 
     async def run_turns(
         self, event: SimulationEvent, state: ConversationState, checkpoint: Checkpoint | None
@@ -205,6 +323,29 @@ class ConversationEngine:
             if reason is not None:
                 return reason
 
+    async def evaluate(
+        self, event: SimulationEvent, state: ConversationState, reason: str
+    ) -> Evaluation | None:
+        """The judge: one call over the transcript, after any end but llm_error. Its failure
+        is the evaluation's `error`, never the summary's."""
+        if event.judge is None or reason == END_LLM_ERROR:
+            return None
+        model = event.judge.model or self.judge_model or event.model
+        try:
+            async with asyncio.timeout(self.judge_timeout):
+                reply = await self.llm.complete(
+                    model, judge_messages(event, state.history), role=ROLE_JUDGE, temperature=0
+                )
+        except LLMError as exc:
+            return Evaluation(model=model, error=f"judge call failed: {exc}"[:1_000])
+        except TimeoutError:
+            return Evaluation(model=model, error=f"judge gave no answer in {self.judge_timeout}s")
+        self._account(state, ROLE_JUDGE, reply)
+        verdicts = parse_verdicts(reply.content, list(event.judge.criteria))
+        if verdicts is None:
+            return Evaluation(model=model, error=f"unparseable verdict: {reply.content[:300]!r}")
+        return Evaluation(passed=all(v.passed for v in verdicts), criteria=verdicts, model=model)
+
     # ----- driver -----------------------------------------------------------------------
     def strip_marker(self, text: str) -> tuple[str, bool]:
         if self.stop_marker in text:
@@ -212,14 +353,8 @@ class ConversationEngine:
         return text.strip(), False
 
     @staticmethod
-    def _account(state: ConversationState, reply: Completion) -> None:
-        usage = state.usage
-        usage.llm_calls += 1
-        usage.prompt_tokens += reply.prompt_tokens
-        usage.completion_tokens += reply.completion_tokens
-        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        if reply.cost_usd is not None:
-            usage.cost_usd = (usage.cost_usd or 0.0) + reply.cost_usd
+    def _account(state: ConversationState, role: str, reply: Completion) -> None:
+        state.usage.charge(role, reply.prompt_tokens, reply.completion_tokens, reply.cost_usd)
 
     async def run(
         self,
@@ -227,27 +362,32 @@ class ConversationEngine:
         state: ConversationState | None = None,
         checkpoint: Checkpoint | None = None,
     ) -> Summary:
-        """Run (or resume from `state`) to an end and build the summary."""
+        """Run (or resume from `state`) to an end, let the judge look, build the summary."""
         state = state or self.initial_state(event)
         started = time.monotonic()
-        budget = max(0.0, self.timeout - state.elapsed_ms / 1000)
-        error: str | None = None
-        try:
-            async with asyncio.timeout(budget):
-                reason = await self.run_turns(event, state, checkpoint)
-        except TimeoutError:
-            reason = END_TIMEOUT
-        except LLMError as exc:
-            reason, error = exc.end_reason, str(exc)[:1_000]
+        if state.ended is None:
+            budget = max(0.0, self.timeout - state.elapsed_ms / 1000)
+            try:
+                async with asyncio.timeout(budget):
+                    reason = await self.run_turns(event, state, checkpoint)
+            except TimeoutError:
+                reason = END_TIMEOUT
+            except LLMError as exc:
+                reason, state.error = exc.end_reason, str(exc)[:1_000]
+            state.ended = reason
+            if checkpoint is not None and event.judge is not None:
+                await checkpoint(state)  # a crash from here on resumes at the judge
+        evaluation = await self.evaluate(event, state, state.ended)
         # The history is only ever appended with completed turns, so it is consistent here.
         duration_ms = state.elapsed_ms + int((time.monotonic() - started) * 1000)
         return Summary(
             simulation_id=event.id,
             conversation_history=[Message(**m) for m in state.history],
             total_iterations=state.iterations,
-            end_reason=reason,
+            end_reason=state.ended,
             duration_ms=duration_ms,
             usage=state.usage,
             batch_id=event.batch_id,
-            error=error,
+            error=state.error,
+            evaluation=evaluation,
         )

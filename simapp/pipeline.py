@@ -22,6 +22,7 @@ from simapp.conversation import (
     END_CONTEXT_WINDOW,
     END_LLM_ERROR,
     END_LLM_UNAVAILABLE,
+    END_USER_ERROR,
     ConversationEngine,
     ConversationState,
 )
@@ -33,7 +34,9 @@ from simapp.schemas import EventDecoder, Rejection, SimulationEvent, Summary
 
 log = logging.getLogger(__name__)
 
-FAILED_END_REASONS = frozenset({END_LLM_ERROR, END_LLM_UNAVAILABLE, END_CONTEXT_WINDOW})
+FAILED_END_REASONS = frozenset(
+    {END_LLM_ERROR, END_LLM_UNAVAILABLE, END_CONTEXT_WINDOW, END_USER_ERROR}
+)
 
 Send = Callable[[bytes, Any], Awaitable[Any]]  # (key, value) -> sent to a topic
 
@@ -212,7 +215,12 @@ class Pipeline:
         metrics.callback_attempts.inc(delivery.attempts)
         await self.send_result(
             event.id.encode(),
-            {**payload, "delivered": delivery.ok, "callback_attempts": delivery.attempts},
+            {
+                **payload,
+                "delivered": delivery.ok,
+                "callback_attempts": delivery.attempts,
+                "max_iterations": event.max_iterations,  # for estimates (simapp/estimate.py)
+            },
         )
         if not delivery.ok:
             return await self.undeliverable(event, summary, payload, delivery, source)
@@ -237,6 +245,7 @@ class Pipeline:
             llm_calls=summary.usage.llm_calls,
             attempts=delivery.attempts,
             error=summary.error,
+            judged=None if summary.evaluation is None else summary.evaluation.passed,
         )
         return summary.end_reason
 

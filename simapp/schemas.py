@@ -45,6 +45,15 @@ ModelName = Annotated[
     StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@\-]*$"),
 ]
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2_048)]
+SystemPrompt = Annotated[Text, StringConstraints(min_length=1, max_length=16_000)]
+Instructions = Annotated[Text, StringConstraints(min_length=1, max_length=4_000)]
+Criterion = Annotated[Text, StringConstraints(min_length=1, max_length=1_000)]
+EndpointName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+]
+Temperature = Annotated[float, Field(ge=0, le=2)]
+MaxTokens = Annotated[int, Field(ge=1, le=32_768)]
+MAX_CRITERIA = 32
 
 
 class Persona(BaseModel):
@@ -57,8 +66,41 @@ class Persona(BaseModel):
     traits: list[Trait] = Field(default_factory=list, max_length=32)
 
 
+class AssistantSpec(BaseModel):
+    """The system under test: its own system prompt, model and sampling, or a configured
+    endpoint (ASSISTANT_ENDPOINTS: the user's own OpenAI-compatible chatbot)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    system_prompt: SystemPrompt | None = None
+    model: ModelName | None = None
+    temperature: Temperature | None = None
+    max_tokens: MaxTokens | None = None
+    endpoint: EndpointName | None = None
+
+
+class UserSpec(BaseModel):
+    """The simulated user's model, sampling and extra instructions."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    model: ModelName | None = None
+    temperature: Temperature | None = None
+    instructions: Instructions | None = None
+
+
+class JudgeSpec(BaseModel):
+    """Criteria one LLM call checks against the transcript once the conversation ended."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    criteria: list[Criterion] = Field(min_length=1, max_length=MAX_CRITERIA)
+    model: ModelName | None = None
+
+
 class SimulationEvent(BaseModel):
-    """One simulation request, as the seed's Event Schema defines it (+ batch grouping)."""
+    """One simulation request: the seed's Event Schema, batch grouping, and the optional
+    system under test, simulated user and judge (README, "Event fields")."""
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
@@ -70,6 +112,33 @@ class SimulationEvent(BaseModel):
     model: ModelName
     batch_id: Id = DEFAULT_BATCH_ID
     batch_size: int | None = Field(None, ge=1, le=10_000_000)
+    assistant: AssistantSpec | None = None
+    user: UserSpec | None = None
+    judge: JudgeSpec | None = None
+    min_iterations: int | None = Field(None, ge=1)
+
+    @property
+    def assistant_model(self) -> str:
+        return self.assistant.model if self.assistant and self.assistant.model else self.model
+
+    def models(self, user_default: str | None, judge_default: str | None) -> dict[str, str]:
+        """The model of each role this event uses (judge only when it has criteria)."""
+        user = self.user.model if self.user and self.user.model else user_default
+        out = {"assistant": self.assistant_model, "user": user or self.model}
+        if self.judge is not None:
+            out["judge"] = self.judge.model or judge_default or self.model
+        return out
+
+    def named_models(self) -> dict[str, str]:
+        """The models the event itself names, by field (what ALLOWED_MODELS restricts)."""
+        out = {"model": self.model}
+        if self.assistant and self.assistant.model and not self.assistant.endpoint:
+            out["assistant.model"] = self.assistant.model
+        if self.user and self.user.model:
+            out["user.model"] = self.user.model
+        if self.judge and self.judge.model:
+            out["judge.model"] = self.judge.model
+        return out
 
 
 class Message(BaseModel):
@@ -79,14 +148,47 @@ class Message(BaseModel):
     content: str
 
 
-class Usage(BaseModel):
-    """What a conversation cost (extra field after the seed's ones)."""
+class RoleUsage(BaseModel):
+    """What one role's calls cost."""
 
+    llm_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     cost_usd: float | None = None
-    llm_calls: int = 0
+
+    def add(self, prompt: int, completion: int, cost: float | None) -> None:
+        self.llm_calls += 1
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.total_tokens = self.prompt_tokens + self.completion_tokens
+        if cost is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + cost
+
+
+class Usage(RoleUsage):
+    """What a conversation cost (extra field after the seed's ones), in all and by role."""
+
+    by_role: dict[str, RoleUsage] = Field(default_factory=dict)
+
+    def charge(self, role: str, prompt: int, completion: int, cost: float | None) -> None:
+        self.add(prompt, completion, cost)
+        self.by_role.setdefault(role, RoleUsage()).add(prompt, completion, cost)
+
+
+class CriterionVerdict(BaseModel):
+    criterion: str
+    passed: bool
+    reasoning: str = ""
+
+
+class Evaluation(BaseModel):
+    """The judge's verdict on the transcript, or why there is none (`error`)."""
+
+    passed: bool | None = None
+    criteria: list[CriterionVerdict] = Field(default_factory=list)
+    model: str
+    error: str | None = None
 
 
 class Summary(BaseModel):
@@ -100,6 +202,7 @@ class Summary(BaseModel):
     usage: Usage
     batch_id: str = DEFAULT_BATCH_ID
     error: str | None = None
+    evaluation: Evaluation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +238,7 @@ class EventDecoder:
         self.max_iterations = settings.max_iterations
         self.allowed_models = frozenset(settings.allowed_models)
         self.callback_policy = CallbackPolicy(settings.callback_allowed_hosts)
+        self.endpoints = frozenset(settings.assistant_endpoints)
 
     def decode(self, raw: bytes | str | None) -> SimulationEvent | Rejection:
         """Never raises: any input yields an event or a rejection."""
@@ -171,10 +275,33 @@ class EventDecoder:
                 sim_id,
                 batch,
             )
-        if self.allowed_models and event.model not in self.allowed_models:
+        if event.min_iterations is not None and event.min_iterations > event.max_iterations:
             return Rejection(
-                "unknown_model", f"model {event.model!r} is not in ALLOWED_MODELS", sim_id, batch
+                "invalid_field",
+                f"min_iterations: must not exceed max_iterations ({event.max_iterations}), "
+                f"got {event.min_iterations}",
+                sim_id,
+                batch,
             )
+        endpoint = event.assistant.endpoint if event.assistant else None
+        if endpoint is not None and endpoint not in self.endpoints:
+            known = ", ".join(sorted(self.endpoints)) or "none"
+            return Rejection(
+                "invalid_field",
+                f"assistant.endpoint: {endpoint!r} is not a configured endpoint "
+                f"(ASSISTANT_ENDPOINTS: {known})",
+                sim_id,
+                batch,
+            )
+        if self.allowed_models:
+            for name, model in event.named_models().items():
+                if model not in self.allowed_models:
+                    return Rejection(
+                        "unknown_model",
+                        f"{name} {model!r} is not in ALLOWED_MODELS",
+                        sim_id,
+                        batch,
+                    )
         problem = self.callback_policy.check(event.callback_url)
         if problem is not None:
             return Rejection("forbidden_callback", f"callback_url: {problem}", sim_id, batch)

@@ -14,6 +14,8 @@ import pytest
 from simapp.embedded.stack import EmbeddedStack, http_json
 from tests.helpers import Namespace
 
+ENDPOINT = "acme-support"
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
@@ -22,9 +24,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
         workdir=workdir,
         mock_args=["--latency-ms", "30", "--latency-jitter-ms", "10"],
         partitions=4,
+        endpoint=ENDPOINT,  # a second mock: the "user's own chatbot" (tests/test_chatbot.py)
+        endpoint_rps=40,
     )
     s.start()
     s.extra_mock_defaults = _mutable(http_json(f"{s.mock_url}/admin/config"))  # type: ignore[attr-defined]
+    s.extra_endpoint_defaults = _mutable(http_json(f"{s.endpoint_url}/admin/config"))  # type: ignore[attr-defined]
     s.extra_sink_defaults = _mutable(http_json(f"{s.sink_url}/admin/config"))  # type: ignore[attr-defined]
     try:
         yield s
@@ -54,8 +59,10 @@ def workers(stack: EmbeddedStack, ns: Namespace) -> Iterator[WorkerFactory]:
         yield factory
     finally:
         factory.stop_all()
-        http_json(f"{stack.mock_url}/admin/config", stack.extra_mock_defaults)  # type: ignore[attr-defined]
-        http_json(f"{stack.mock_url}/admin/reset", {})
+        defaults = (stack.extra_mock_defaults, stack.extra_endpoint_defaults)  # type: ignore[attr-defined]
+        for mock, config in zip((stack.mock_url, stack.endpoint_url), defaults, strict=True):
+            http_json(f"{mock}/admin/config", config)
+            http_json(f"{mock}/admin/reset", {})
         http_json(f"{stack.sink_url}/admin/config", stack.extra_sink_defaults)  # type: ignore[attr-defined]
 
 

@@ -33,11 +33,13 @@ class ScriptedLLM:
     def __init__(self, user_replies: list[str], delay: float = 0.0, fail_on: int | None = None):
         self.user_replies = list(user_replies)
         self.calls: list[tuple[str, list[dict]]] = []
+        self.options: list[dict] = []
         self.delay = delay
         self.fail_on = fail_on
 
-    async def complete(self, model: str, messages: list[dict]) -> Completion:
+    async def complete(self, model: str, messages: list[dict], **options) -> Completion:
         self.calls.append((model, messages))
+        self.options.append(options)
         if self.fail_on is not None and len(self.calls) == self.fail_on:
             raise LLMError("HTTP 401: bad key")
         if self.delay:

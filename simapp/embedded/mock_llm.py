@@ -56,6 +56,7 @@ class MockConfig:
     api_key: str | None = None
     unknown_models: list[str] = field(default_factory=lambda: ["mock-unknown"])
     context_window_tokens: int = 0  # prompts longer than this get OpenAI's 400; 0 = no limit
+    empty_user_replies: int = 0  # the next N simulated-user replies are empty
     seed: int | None = None
 
 
@@ -68,7 +69,8 @@ _FLOAT_FIELDS = {
     "error_rate",
     "hang_rate",
 }
-_INT_FIELDS = {"force_429_count", "fail_next", "context_window_tokens"}
+_INT_FIELDS = {"force_429_count", "fail_next", "context_window_tokens", "empty_user_replies"}
+JUDGE_GARBAGE_MODEL = "mock-judge-garbage"  # a judge model whose verdicts are not JSON
 
 
 def _coerce_field(name: str, value: Any) -> Any:
@@ -167,11 +169,33 @@ def _pick_word(text: str) -> str:
     return next(w for w in words if len(w) == longest)
 
 
+JUDGE_RE = re.compile(r"impartial judge", re.IGNORECASE)
+CRITERION_RE = re.compile(r"^\s*(\d+)\.\s+(.+?)\s*$", re.MULTILINE)
+
+
+def judge_reply(messages: list[dict[str, Any]]) -> str:
+    """A judge's JSON verdicts: every criterion passes unless it says "(fail)"."""
+    text = "\n".join(_content_text(m.get("content")) for m in messages if m.get("role") == "user")
+    section = text.split("Criteria:", 1)[-1].split("Transcript:", 1)[0]
+    verdicts = [
+        {
+            "criterion": criterion,
+            "passed": "(fail)" not in criterion.lower(),
+            "reasoning": f"Checked against the transcript ({len(text.split())} words).",
+        }
+        for _, criterion in CRITERION_RE.findall(section)
+    ]
+    return json.dumps({"criteria": verdicts})
+
+
 def generate_reply(messages: list[dict[str, Any]]) -> str:
-    """Deterministic reply: simulated user if the system prompt has a stop marker."""
+    """Deterministic reply: a judge's verdicts if the system prompt asks for a judge, the
+    simulated user if it has a stop marker, else the assistant."""
     system_text = "\n".join(
         _content_text(m.get("content")) for m in messages if m.get("role") == "system"
     )
+    if JUDGE_RE.search(system_text):
+        return judge_reply(messages)
     convo = [m for m in messages if m.get("role") != "system"]
     last_text = _content_text(convo[-1].get("content")) if convo else ""
     marker = STOP_MARKER_RE.search(system_text)
@@ -308,6 +332,14 @@ def _rate_limited(state: MockState, now: float) -> web.Response:
     )
 
 
+def _system_text(messages: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        _content_text(m.get("content"))
+        for m in messages
+        if isinstance(m, dict) and m.get("role") == "system"
+    )
+
+
 def _request_summary(payload: Any, model: str) -> dict[str, Any]:
     """What a test may ask about a request: model, sampling options, the system prompt."""
     messages = payload.get("messages") if isinstance(payload, dict) else None
@@ -328,6 +360,7 @@ def _request_summary(payload: Any, model: str) -> dict[str, Any]:
         "system": system[:2000],
         "messages": len(messages),
         "simulated_user": bool(STOP_MARKER_RE.search(system)),
+        "judge": bool(JUDGE_RE.search(system)),
     }
 
 
@@ -484,7 +517,12 @@ async def _admitted_response(
         return web.Response(status=503, text="hung")
 
     reply = generate_reply(messages)
-    completion_tokens = max(1, _word_count(reply))
+    if model == JUDGE_GARBAGE_MODEL:
+        reply = "I think the conversation went fine overall."
+    elif cfg.empty_user_replies and STOP_MARKER_RE.search(_system_text(messages)):
+        cfg.empty_user_replies -= 1
+        reply = ""
+    completion_tokens = max(1, _word_count(reply)) if reply else 0
     state.completion_seq += 1
     body = {
         "id": f"chatcmpl-mock-{state.completion_seq:08d}-{_crc(reply):08x}",

@@ -19,6 +19,8 @@ from typing import Any
 
 from simapp.embedded.session import EmbeddedSession, print_report
 
+ENDPOINT = "acme-support"  # served by a second mock: the "user's own chatbot" of the demo
+
 
 def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="simapp-run-"))
@@ -32,7 +34,11 @@ def run(args: argparse.Namespace) -> int:
     if args.global_rps:
         worker_settings["llm_global_rate_limit_rps"] = args.global_rps
     session = EmbeddedSession(
-        workdir, partitions=args.partitions, mock_args=mock_args, worker_settings=worker_settings
+        workdir,
+        partitions=args.partitions,
+        mock_args=mock_args,
+        worker_settings=worker_settings,
+        endpoint=ENDPOINT if args.features else None,
     )
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -50,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         events = session.events(
-            args.count, model=args.model, batch_id=args.batch_id, seed=args.seed
+            args.count,
+            model=args.model,
+            batch_id=args.batch_id,
+            seed=args.seed,
+            features=args.features,
         )
         started = time.monotonic()
         sent = session.send(events)
@@ -58,6 +68,13 @@ def run(args: argparse.Namespace) -> int:
         session.wait_accounted(sent, started, args.timeout, every=args.progress_every)
         report = session.report(sent, time.monotonic() - started)
         ok = print_report(report, "simapp run report")
+        example = next((i for i in stack.sink_items() if i.get("evaluation")), None)
+        if example is not None:
+            shown = {k: example[k] for k in ("simulation_id", "end_reason", "evaluation")}
+            shown["usage"] = {"llm_calls": example["usage"]["llm_calls"],
+                              "by_role": example["usage"]["by_role"]}  # fmt: skip
+            print("a delivered summary with a judge's evaluation:")
+            print(json.dumps(shown, indent=2))
         (workdir / "report.json").write_text(json.dumps(report, indent=2))
         return 0 if ok else 1
     except KeyboardInterrupt:
@@ -85,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between lines")
     p.add_argument("--workdir", default=None)
+    p.add_argument(
+        "--features",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="events with a system under test, a configured endpoint, user instructions and "
+        "judge criteria (--no-features: the seed's fields only)",
+    )
     return run(p.parse_args(argv))
 
 

@@ -61,12 +61,14 @@ class EmbeddedSession:
         mock_args: list[str] | None = None,
         sink_args: list[str] | None = None,
         worker_settings: dict[str, Any] | None = None,
+        endpoint: str | None = None,
     ) -> None:
         self.stack = EmbeddedStack(
             workdir=workdir,
             mock_args=list(mock_args or []),
             sink_args=list(sink_args or []),
             partitions=partitions,
+            endpoint=endpoint,
         )
         self.worker_settings = dict(worker_settings or {})
         self.dead_before: Counter = Counter()  # dead letters counted before the burst
@@ -141,12 +143,17 @@ class EmbeddedSession:
         return sorted(answer["partitions"])
 
     # ----- a burst ----------------------------------------------------------------------
-    def events(self, count: int, *, seed: int | None = None, **kw: Any) -> list[dict]:
+    def events(
+        self, count: int, *, seed: int | None = None, features: bool = False, **kw: Any
+    ) -> list[dict]:
+        """Catalogue events for the sink; with `features`, some use the stack's endpoint."""
         return make_events(
             count,
             callback_url=f"{self.stack.sink_url}/callback",
             max_iterations=self.settings().max_iterations,
             seed=seed,
+            features=features,
+            endpoint=self.stack.endpoint if features else None,
             **kw,
         )
 
@@ -260,6 +267,8 @@ class EmbeddedSession:
         first, last = mock.get("first_request_at"), mock.get("last_request_at")
         llm_span = (last - first) if first and last and last > first else wall
         ids = {item["simulation_id"] for item in items}
+        judged = [item["evaluation"] for item in items if item.get("evaluation")]
+        verdicts = [e["passed"] for e in judged if e.get("passed") is not None]
         return {
             "sent": sent,
             "delivered": received["unique_ids"],
@@ -278,6 +287,9 @@ class EmbeddedSession:
             "p95_duration_s": round(durations[int(0.95 * (len(durations) - 1))] / 1000, 2)
             if durations
             else None,
+            "judged": len(judged),
+            "judge_pass_rate": round(sum(verdicts) / len(verdicts), 3) if verdicts else None,
+            "judge_errors": sum(1 for e in judged if e.get("error")),
         }
 
 
@@ -296,6 +308,9 @@ REPORT_ROWS = (
     ("tokens", "tokens"),
     ("simulation p50 (s)", "p50_duration_s"),
     ("simulation p95 (s)", "p95_duration_s"),
+    ("judged simulations", "judged"),
+    ("judge pass rate", "judge_pass_rate"),
+    ("judge errors", "judge_errors"),
 )
 
 

@@ -44,8 +44,11 @@ class EmbeddedStack:
     sink_args: list[str] = field(default_factory=list)
     partitions: int = 8
     api_key: str = "sk-embedded-not-secret"
+    endpoint: str | None = None  # an assistant endpoint served by a second mock
+    endpoint_rps: float = 100.0
     broker: ManagedProcess | None = None
     mock: ManagedProcess | None = None
+    endpoint_mock: ManagedProcess | None = None
     sink: ManagedProcess | None = None
     workers: list[ManagedProcess] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -81,7 +84,22 @@ class EmbeddedStack:
             "simapp.embedded.sink",
             ["--record", str(self.workdir / "sink.jsonl"), *self.sink_args],
         )
+        if self.endpoint is not None:
+            self.endpoint_mock = self._start_py(
+                "endpoint_mock",
+                "simapp.embedded.mock_llm",
+                ["--api-key", self.endpoint_key, *self.mock_args],
+            )
         return self
+
+    @property
+    def endpoint_key(self) -> str:
+        return f"sk-{self.endpoint}-not-secret"
+
+    @property
+    def endpoint_url(self) -> str:
+        assert self.endpoint_mock is not None
+        return f"http://{HOST}:{self.endpoint_mock.port}"
 
     def _start_py(self, name: str, module: str, args: list[str]) -> ManagedProcess:
         port = free_port(HOST)
@@ -108,6 +126,18 @@ class EmbeddedStack:
             "WORKER_DATADIR": str(self.workdir / f"worker-{index}"),
             "LOG_FORMAT": "json",
         }
+        if self.endpoint is not None:
+            key_env = "SIMAPP_ENDPOINT_KEY"
+            env[key_env] = self.endpoint_key
+            env["ASSISTANT_ENDPOINTS"] = json.dumps(
+                {
+                    self.endpoint: {
+                        "base_url": f"{self.endpoint_url}/v1",
+                        "api_key_env": key_env,
+                        "rps": self.endpoint_rps,
+                    }
+                }
+            )
         env.update({k.upper(): str(v) for k, v in overrides.items()})
         return env
 
@@ -148,7 +178,7 @@ class EmbeddedStack:
     def stop(self) -> None:
         """Stop everything we started, workers first; SIGKILL what lingers."""
         self.stop_workers(timeout=30)
-        for part in (self.sink, self.mock, self.broker):
+        for part in (self.endpoint_mock, self.sink, self.mock, self.broker):
             if part is not None:
                 part.stop(timeout=5)
 
