@@ -60,11 +60,13 @@ class BudgetStats:
 
 
 class _Waiter:
-    __slots__ = ("fut", "est_tokens")
+    __slots__ = ("fut", "est_tokens", "seq", "since")
 
-    def __init__(self, fut: asyncio.Future[float], est_tokens: int) -> None:
+    def __init__(self, fut: asyncio.Future[float], est_tokens: int, seq: int, since: float) -> None:
         self.fut = fut
         self.est_tokens = est_tokens
+        self.seq = seq  # arrival order across lanes
+        self.since = since
 
 
 class _TokenEntry:
@@ -109,7 +111,10 @@ class Budget:
         self.stats = BudgetStats()
         self._share = share if shared else 1.0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiters: deque[_Waiter] = deque()
+        # waiters by the ceiling they also need (None: this budget only), each lane FIFO
+        self._lanes: dict[Budget | None, deque[_Waiter]] = {}
+        self._seq = 0
+        self._dependents: list[Budget] = []  # budgets whose waiters also wait for this one
         self._timer: asyncio.TimerHandle | None = None
         self._last_slot = -math.inf  # grid slot of the last grant
         self._recent: deque[float] = deque(maxlen=window_bound(self.rate))  # last B grants
@@ -144,23 +149,30 @@ class Budget:
 
     # -- public operations ---------------------------------------------------------------
 
-    async def acquire(self, est_tokens: int = 0) -> float:
-        """Wait for the next request slot; returns the seconds waited."""
+    async def acquire(self, est_tokens: int = 0, ceiling: Budget | None = None) -> float:
+        """Wait for the next request slot (and, with `ceiling`, one of the ceiling's at the
+        same moment); returns the seconds waited. Each ceiling's waiters are FIFO, and the
+        oldest waiter whose ceiling allows it goes first: a throttled model holds no slot."""
         loop = self._bind_loop()
+        if ceiling is not None:
+            ceiling._bind_loop()
+            if self not in ceiling._dependents:
+                ceiling._dependents.append(self)
         start = loop.time()
-        self._drop_cancelled()
-        if not self._waiters and self._ready_at(start, est_tokens) <= start:
-            self._grant(start, est_tokens)
-            self.stats.acquired += 1
+        if not self.waiting and self._lane_ready_at(ceiling, start, est_tokens) <= start:
+            self._grant_lane(ceiling, start, est_tokens, 0.0)
             return 0.0
         fut: asyncio.Future[float] = loop.create_future()
-        self._waiters.append(_Waiter(fut, est_tokens))
-        self._schedule()
+        self._seq += 1
+        waiter = _Waiter(fut, est_tokens, self._seq, start)
+        lane = self._lanes.setdefault(ceiling, deque())
+        lane.append(waiter)
+        if len(lane) == 1:
+            self._reschedule()  # a new lane's head may be ready before the armed timer
+        else:
+            self._schedule()
         granted_at = await fut  # cancelled -> the future is cancelled and _dispatch skips it
-        waited = granted_at - start
-        self.stats.acquired += 1
-        self.stats.total_wait_seconds += waited
-        return waited
+        return granted_at - start
 
     def record_tokens(self, tokens: int) -> None:
         """Replace the oldest outstanding estimate with the actual token count."""
@@ -231,7 +243,7 @@ class Budget:
     @property
     def waiting(self) -> int:
         """Queued acquirers (including cancelled ones not yet skipped)."""
-        return len(self._waiters)
+        return sum(len(lane) for lane in self._lanes.values())
 
     @property
     def tokens_in_window(self) -> int:
@@ -247,7 +259,7 @@ class Budget:
         if self._loop is not loop:
             if self._loop is not None:  # re-used on a new loop: old waiters and timer are dead
                 logger.warning("budget %s re-bound to a new event loop", self.name)
-                self._waiters.clear()
+                self._lanes.clear()
                 self._timer = None
             self._loop = loop
         return loop
@@ -301,20 +313,40 @@ class Budget:
             self._pending.append(entry)
             self._ledger_sum += entry.tokens
 
-    def _drop_cancelled(self) -> _Waiter | None:
-        waiters = self._waiters
-        while waiters and waiters[0].fut.done():
-            waiters.popleft()
-        return waiters[0] if waiters else None
+    def _lane_ready_at(self, ceiling: Budget | None, now: float, est_tokens: int) -> float:
+        ready = self._ready_at(now, est_tokens)
+        if ceiling is not None:
+            ready = max(ready, ceiling._ready_at(now, est_tokens))
+        return ready
+
+    def _grant_lane(
+        self, ceiling: Budget | None, now: float, est_tokens: int, waited: float
+    ) -> None:
+        for budget in (self, ceiling) if ceiling is not None else (self,):
+            budget._grant(now, est_tokens)
+            budget.stats.acquired += 1
+            budget.stats.total_wait_seconds += waited
+
+    def _heads(self) -> list[tuple[Budget | None, _Waiter]]:
+        """The first live waiter of each lane (cancelled ones are dropped)."""
+        heads = []
+        for ceiling, lane in list(self._lanes.items()):
+            while lane and lane[0].fut.done():
+                lane.popleft()
+            if lane:
+                heads.append((ceiling, lane[0]))
+            else:
+                del self._lanes[ceiling]
+        return heads
 
     def _schedule(self) -> None:
-        """Arm the single timer for the head of the queue, if it can ever be released."""
+        """Arm the single timer for the earliest head that can ever be released."""
         if self._timer is not None or self._loop is None:
             return
-        head = self._drop_cancelled()
-        if head is None:
-            return
-        when = self._ready_at(self._loop.time(), head.est_tokens)
+        now = self._loop.time()
+        when = min(
+            (self._lane_ready_at(c, now, w.est_tokens) for c, w in self._heads()), default=math.inf
+        )
         if when != math.inf:
             self._timer = self._loop.call_at(when, self._dispatch)
 
@@ -323,20 +355,28 @@ class Budget:
             self._timer.cancel()
             self._timer = None
         self._schedule()
+        for dependent in self._dependents:  # their waiters wait for this budget too
+            dependent._reschedule()
 
     def _dispatch(self) -> None:
-        """Timer callback: release the waiters that are ready (usually one), re-arm."""
+        """Timer callback: release the ready waiters, oldest first, then re-arm."""
         self._timer = None
         loop = self._loop
         if loop is None:
             return
         now = loop.time()
-        while (head := self._drop_cancelled()) is not None:
-            if self._ready_at(now, head.est_tokens) > now:
+        while True:
+            ready = [
+                (w.seq, c, w)
+                for c, w in self._heads()
+                if self._lane_ready_at(c, now, w.est_tokens) <= now
+            ]
+            if not ready:
                 break
-            self._waiters.popleft()
-            self._grant(now, head.est_tokens)
-            head.fut.set_result(now)
+            _, ceiling, waiter = min(ready, key=lambda item: item[0])
+            self._lanes[ceiling].popleft()
+            self._grant_lane(ceiling, now, waiter.est_tokens, now - waiter.since)
+            waiter.fut.set_result(now)
         self._schedule()
 
 
@@ -438,11 +478,11 @@ class RateLimits:
         return budgets
 
     async def acquire(self, budgets: Sequence[Budget], est_tokens: int = 0) -> float:
-        """Wait for a slot in each budget, in order; returns the seconds waited in all."""
-        waited = 0.0
-        for budget in budgets:
-            waited += await budget.acquire(est_tokens)
-        return waited
+        """Wait until every budget of the call has a slot, granted in all at the same moment
+        (`for_call` puts the ceiling first, the backend last); returns the seconds waited."""
+        *ceilings, backend = budgets
+        ceiling = ceilings[0] if ceilings else None
+        return await backend.acquire(est_tokens, ceiling=ceiling)
 
     @staticmethod
     def record_tokens(budgets: Sequence[Budget], tokens: int) -> None:
