@@ -189,3 +189,51 @@ def test_without_an_allowlist_a_redirect_to_an_internal_literal_is_refused(
     assert not delivery.ok and internal.hits == []
     shown = str(ipaddress.ip_address(target.strip("[]")))  # as the URL library writes it
     assert "is internal" in delivery.error and shown in delivery.error
+
+
+@pytest.mark.slow
+def test_a_refused_redirect_is_a_dead_letter_and_replay_refuses_it_too(stack, ns, workers):
+    """Through a worker: the dead letter's detail names the refused target; `dlq replay`
+    checks every hop the same way (the worker's allowlist is 127.0.0.1 and localhost)."""
+    import sys
+    import threading
+
+    from tests.helpers import events_for, read_topic, send_events
+
+    ready = threading.Event()
+    servers: dict[str, Any] = {}
+
+    def serve() -> None:
+        async def main() -> None:
+            async with hosts("127.0.0.1", "127.0.0.2") as (receiver, outside):
+                receiver.redirect(307, outside.url("/elsewhere"))
+                servers.update(receiver=receiver, outside=outside, loop=asyncio.get_running_loop())
+                servers["stop"] = asyncio.Event()
+                ready.set()
+                await servers["stop"].wait()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        worker = workers.start(callback_retry_attempts=1)
+        (event,) = events_for(stack, 1)
+        event["callback_url"] = servers["receiver"].url("/hook")
+        send_events(stack, ns, [event])
+        (dead,) = read_topic(stack.bootstrap, ns.overrides()["dlq_topic"], 1, timeout=60)
+        assert dead["reason"] == "callback_failed"
+        assert f"127.0.0.2:{servers['outside'].port}/elsewhere refused" in dead["detail"]
+        env = {**os.environ, **worker.extra["env"]}
+        replay = subprocess.run(
+            [sys.executable, "-m", "faust", "-A", "simapp", "dlq", "replay"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert replay.returncode == 1, replay.stdout + replay.stderr
+        assert "'still_undeliverable': 1" in replay.stdout
+        assert servers["outside"].hits == []
+        assert len(servers["receiver"].hits) == 2  # the worker's attempt and the replay's
+    finally:
+        servers["loop"].call_soon_threadsafe(servers["stop"].set)
+        thread.join(10)

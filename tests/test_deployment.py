@@ -489,10 +489,12 @@ def test_docker_build_context_has_what_the_image_needs() -> None:
         assert source in allowed, f"COPY {source}: excluded by {DOCKERIGNORE.name}"
     # Every package pyproject installs is copied.
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    includes = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
-    for pattern in includes:
-        package = pattern.rstrip("*")
-        assert package in sources, f"package {package} is not copied into the image"
+    setuptools = pyproject["tool"]["setuptools"]
+    mapped = pyproject["tool"]["setuptools"].get("package-dir", {})
+    for package in setuptools["packages"]:
+        # a package's folder: its package-dir mapping, else the top-level name's folder
+        folder = mapped.get(package, package.split(".")[0])
+        assert folder.split("/")[0] in sources, f"package {package} ({folder}/) is not copied"
     assert "pyproject.toml" in sources and "README.md" in sources
 
 

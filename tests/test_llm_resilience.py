@@ -256,7 +256,7 @@ def test_two_workers_share_a_global_budget(stack, ns, workers):
 
 # ------------------------------------------------------------------ 3. a 429 storm
 def test_429_storm_pauses_the_model_for_retry_after(stack, ns, workers):
-    forced = 30
+    forced = 10
     mock_config(stack, force_429_count=forced, retry_after_s=2)
     worker = workers.start(concurrent_conversations=20)  # budget 200 rps: it is the 429s that pace
     events = events_for(stack, 15, max_iterations=3, seed=13)
@@ -281,7 +281,8 @@ def test_429_storm_pauses_the_model_for_retry_after(stack, ns, workers):
     # the 429s came in waves at least Retry-After apart, not as a stream of retries
     waves = [limited[0]] + [b for a, b in zip(limited, limited[1:], strict=False) if b - a > 0.5]
     assert all(b - a >= 2 - tol for a, b in zip(waves, waves[1:], strict=False)), waves
-    assert len(waves) < forced  # a wave holds several callers: they waited together
+    # everybody waited together: no request got through before the last 429's wait was over
+    assert min(admitted) >= waves[-1] + 2 - tol, (waves[-1], sorted(admitted)[:3])
     assert metric(worker, "llm_rate_limited_total", model=MODEL) == forced
     assert metric(worker, "llm_api_errors_total", type="rate_limited") == forced
 
@@ -345,11 +346,12 @@ def test_hung_calls_are_cut_at_llm_timeout_and_retried(stack, ns, workers):
     stats = mock_stats(stack, detail=True)
     hung = stats["hung"]
     assert hung >= 6
-    admitted = sorted(stats["admitted_times"])
-    # The process's first call goes alone (llm_client's first-call gate): the next request
-    # left when it ended, i.e. it was cut at LLM_TIMEOUT (1 s), not before, and neither at
-    # LiteLLM's default 600 s nor only at our hard deadline (LLM_TIMEOUT + 1 s).
-    assert 1.0 - 0.05 <= admitted[1] - admitted[0] <= 1.9, admitted[:4]
+    # each hung request was cut at LLM_TIMEOUT (1 s): not before, and neither at LiteLLM's
+    # default 600 s nor only at our hard deadline (LLM_TIMEOUT + 1 s); the mock sees it go
+    # (it looks every 0.1 s)
+    assert wait_until(lambda: len(mock_stats(stack, detail=True)["hung_for"]) == hung, 10)
+    hung_for = mock_stats(stack, detail=True)["hung_for"]
+    assert all(1.0 - 0.05 <= t <= 1.0 + 0.5 for t in hung_for), hung_for
     # every request was either hung (and cut by us) or answered and accounted in a summary
     assert stats["responses_by_status"] == {"200": calls}
     assert stats["requests"] == calls + hung
@@ -369,7 +371,7 @@ def test_unauthorized_ends_at_once_with_llm_error(stack, ns, workers):
     for item in items.values():
         assert item["end_reason"] == "llm_error"
         error = item["error"]
-        assert "401" in error and "authentication" in error.lower(), error
+        assert "401" in error and "api key" in error.lower(), error
         assert stack.api_key not in error
         assert item["total_iterations"] == 0
         assert [m["role"] for m in item["conversation_history"]] == ["system", "user"]

@@ -21,7 +21,7 @@ import pytest
 
 from simapp.embedded.processes import ManagedProcess, free_port, spawn, wait_for_port
 from simapp.embedded.stack import EmbeddedStack, http_text
-from tests.helpers import events_for, wait_until
+from tests.helpers import events_for, read_topic, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +123,14 @@ def test_submit_follow_and_progress(
     refused = run(["faust", "-A", "simapp", "submit", str(bad)], tmp_path, env, 120)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "line 2: not_json" in refused.stderr and "nothing was sent" in refused.stderr
+
+    estimated = run(
+        ["faust", "-A", "simapp", "submit", str(good), "--estimate"], tmp_path, env, 120
+    )
+    assert estimated.returncode == 0, estimated.stdout + estimated.stderr
+    assert "estimate for 6 events (nothing was sent)" in estimated.stdout
+    assert "LLM calls:" in estimated.stdout and "time at the budget:" in estimated.stdout
+    assert read_topic(stack.bootstrap, topics["kafka_topic"], 1, timeout=3) == []
 
     cmd = ["faust", "-A", "simapp", "submit", str(good), "--batch-id", "readme-batch", "--follow",
            "--web-url", web, "--timeout", "180"]  # fmt: skip

@@ -272,6 +272,7 @@ class MockState:
         self.in_flight = 0
         self.max_in_flight = 0
         self.client_headers = 0  # requests that carried one of our own X-Simapp-* headers
+        self.hung_for: list[float] = []  # seconds each hung request waited for its client
         self.recent: deque[dict[str, Any]] = deque(maxlen=MAX_RECENT_REQUESTS)
         self.admitted_times: deque[float] = deque(maxlen=MAX_DETAIL_TIMES)
         self.admitted_times_by_model: dict[str, deque[float]] = {}
@@ -303,6 +304,7 @@ class MockState:
                 m: list(ts) for m, ts in self.admitted_times_by_model.items()
             }
             out["rate_limited_times"] = list(self.rate_limited_times)
+            out["hung_for"] = list(self.hung_for)
         return out
 
 
@@ -365,11 +367,14 @@ def _request_summary(payload: Any, model: str) -> dict[str, Any]:
 
 
 async def _hang(request: web.Request, state: MockState) -> None:
-    """Never answer; return once the client goes away or the server stops."""
-    deadline = time.monotonic() + HANG_MAX_S
+    """Never answer; return once the client goes away (recording after how long: the
+    client's timeout, to HANG_POLL_S) or the server stops."""
+    started = time.monotonic()
+    deadline = started + HANG_MAX_S
     while time.monotonic() < deadline and not state.stopping.is_set():
         transport = request.transport
         if transport is None or transport.is_closing():
+            state.hung_for.append(round(time.monotonic() - started, 3))
             return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(state.stopping.wait(), HANG_POLL_S)
