@@ -221,6 +221,11 @@ class Budget:
     def record_send(self, now: float) -> None:
         self._sent.append(now)
 
+    @property
+    def recent_writes(self) -> list[float]:
+        """The loop times of the last writes the send gate let through (newest last)."""
+        return list(self._sent)
+
     async def send_gate(self) -> float:
         """Hold a write until this budget's send rules allow it; returns seconds held."""
         return await send_gate((self,))

@@ -1,11 +1,10 @@
-"""`python -m simapp.bench` end to end at a tiny size: it runs, accounts for every event and
-writes the JSON result with every key the docs table and the lead's comparisons use."""
+"""`make bench` and `make chaos` end to end at a tiny size, as the README shows them: they
+run, account for every event and write the JSON result with every key the docs use."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +38,10 @@ EXPECTED_KEYS = {
     "bare",
     "bare_cpu_s_per_1000_calls",
     "cpu_ratio_vs_bare",
+    "raw",
+    "raw_cpu_s_per_1000_calls",
+    "cpu_ratio_vs_raw",
+    "route",
     "cpu_seconds_during_run",
     "goals",
     "worker_view",
@@ -50,12 +53,10 @@ EXPECTED_KEYS = {
 @pytest.mark.timeout(300)
 def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
-    cmd = [
-        sys.executable, "-m", "simapp.bench",
-        "--count", "30", "--workers", "1", "--rps", "50",
-        "--latency-ms", "30", "--jitter-ms", "10",
-        "--bare-calls", "100", "--no-append", "--out", str(out),
-    ]  # fmt: skip
+    args = (
+        f"--latency-ms 30 --jitter-ms 10 --bare-calls 100 --raw-calls 200 --no-append --out {out}"
+    )
+    cmd = ["make", "bench", "COUNT=30", "WORKERS=1", "RPS=50", f"ARGS={args}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -69,6 +70,25 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert len(result["worker_cpu_seconds"]) == 1 and result["worker_cpu_seconds"][0] > 0
     assert result["worker_peak_rss_mb"][0] > 0
     assert result["bare"]["ok"] == 100 and result["bare_cpu_s_per_1000_calls"] > 0
+    assert result["raw"]["ok"] == 200 and result["raw_cpu_s_per_1000_calls"] > 0
+    assert result["route"] == "openai"
     assert result["config"]["concurrency"] == 50
     problems = result["worker_log_problems"]
     assert problems["agent_crashed"] == 0 and problems["partitions_mismatch"] == 0, problems
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_chaos_smoke(tmp_path: Path) -> None:
+    """`make chaos` at a small size: every fault of the schedule happens, nothing is missing."""
+    out = tmp_path / "chaos.json"
+    args = f"--no-baseline --rps 120 --no-append --out {out}"
+    cmd = ["make", "chaos", "COUNT=240", f"ARGS={args}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=380, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["sent"] == 240 and result["missing"] == 0
+    faults = " ".join(result["faults"])
+    for done in ("SIGKILL worker-0", "worker-0 restarted", "SIGTERM worker-1",
+                 "worker-1 restarted", "joins", "receiver down", "receiver up"):  # fmt: skip
+        assert done in faults, result["faults"]

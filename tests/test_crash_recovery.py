@@ -120,24 +120,33 @@ def test_dead_receiver_sends_every_summary_to_the_dlq(stack, ns, workers):
         assert d["callback_url"].startswith(stack.sink_url)
 
 
-def test_dlq_list_and_replay_redeliver_summaries(stack, ns, workers):
-    import os
+def test_dlq_list_and_replay_redeliver_summaries(stack, ns, workers, tmp_path):
+    """The README's `faust -A simapp dlq list` and `dlq replay`, from a fresh directory with
+    only what a user sets: the broker, the topic names, the callback allowlist."""
     import subprocess
-    import sys
+
+    from tests.test_readme_commands import user_env
 
     http_json(f"{stack.sink_url}/admin/config", {"down": True})
-    worker = workers.start(callback_retry_attempts=1, callback_deadline=5)
+    workers.start(callback_retry_attempts=1, callback_deadline=5)
     events = events_for(stack, 4)
     ids = {e["id"] for e in events}
     send_events(stack, ns, events)
     read_topic(stack.bootstrap, ns.overrides()["dlq_topic"], len(ids), timeout=90)
     http_json(f"{stack.sink_url}/admin/config", {"down": False})
-    env = {**os.environ, **{k: v for k, v in worker.extra["env"].items()}}
+    topics = ns.overrides()
+    env = user_env(
+        KAFKA_BOOTSTRAP_SERVERS=stack.bootstrap,
+        KAFKA_TOPIC=topics["kafka_topic"],
+        DLQ_TOPIC=topics["dlq_topic"],
+        CALLBACK_ALLOWED_HOSTS="127.0.0.1",
+    )
 
     def cli(*args: str) -> str:
         proc = subprocess.run(
-            [sys.executable, "-m", "faust", "-A", "simapp", "dlq", *args],
+            ["faust", "-A", "simapp", "dlq", *args],
             env=env,
+            cwd=tmp_path,
             capture_output=True,
             text=True,
             timeout=120,

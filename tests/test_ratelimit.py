@@ -493,9 +493,12 @@ async def test_send_gate_spreads_bunched_requests_within_the_providers_tolerance
 
     await asyncio.gather(*(one() for _ in range(3 * provider)))
     assert len(passed) == 3 * provider
-    assert max_in_window(passed) <= bound
-    assert max_in_window(passed, window) <= provider
-    jittered = [t + (0.05 if i % 2 else 0.0) for i, t in enumerate(sorted(passed))]
+    # the gate's own write times (what the rules are about; the callers resume a few us later)
+    written = budget.recent_writes
+    assert len(written) == 3 * provider
+    assert max_in_window(written) <= bound
+    assert max_in_window(written, window) <= provider
+    jittered = [t + (0.05 if i % 2 else 0.0) for i, t in enumerate(sorted(written))]
     assert max_in_window(jittered) <= provider
 
 
