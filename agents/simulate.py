@@ -2,11 +2,13 @@
 
 A thin Faust loop: every event goes to the worker's Pipeline, which never raises. The event
 is acked when the body returns, i.e. after its summary was delivered or dead-lettered; the
-committer never commits past an event that is still running (simapp/committer.py).
+committer never commits past an event that is still running, or that an actor gave up on
+(simapp/committer.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from simapp import metrics
@@ -23,7 +25,16 @@ async def simulate(stream: Any) -> None:
     async for event in stream.events():
         message = event.message
         source = Source(message.topic, message.partition, message.offset)
-        await pipeline.handle(event.value, source, event.key)
+        try:
+            await pipeline.handle(event.value, source, event.key)
+        except asyncio.CancelledError:
+            # Stopped mid-event (shutdown past its grace): Faust's stream acks the event in
+            # its `finally` anyway, which would let the commit pass a simulation that never
+            # ended. The ledger keeps it unfinished, so it is redelivered and resumes.
+            abandon = getattr(app.consumer, "abandon", None)
+            if abandon is not None:
+                abandon(message)
+            raise
 
 
 @app.timer(LAG_SAMPLE_SECONDS)

@@ -75,6 +75,11 @@ class PartitionLedger:
         elif self.base is not None and message.offset >= self.base:
             self.done.add(message.offset)
 
+    def abandon(self, offset: int) -> None:
+        """An actor stopped working on it (cancelled): Faust acks such a message anyway (its
+        stream's `finally`), so it leaves the ledger unfinished and is fetched again."""
+        self.inflight.pop(offset, None)
+
     def settle(self) -> int | None:
         """Move finished messages to done and the floor over them; the commit offset."""
         if self.base is None:
@@ -177,6 +182,13 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
         if ledger is not None:
             ledger.take(message)
 
+    def abandon(self, message: Message) -> None:
+        """The agent gave up on a message it took (its actor was cancelled mid-event): never
+        count it done, whatever its ack says; it is redelivered (resuming its checkpoint)."""
+        ledger = self._ledgers.get(message.tp)
+        if ledger is not None:
+            ledger.abandon(message.offset)
+
     def next_offset(self, tp: TP) -> int | None:
         """The offset after the last one fetched (for the consumer lag metric)."""
         ledger = self._ledgers.get(tp)
@@ -201,10 +213,21 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
         return await verified_highwaters(self.app.simapp_settings.kafka_bootstrap_servers, listed)
 
     async def perform_seek(self) -> None:
-        """Seek to the committed offsets; each ledger restarts its floor there."""
+        """Seek to the committed offsets; each ledger restarts its floor there.
+
+        aiokafka seeks only to a committed offset > 0: with none (None, or -1 from Tansu) or 0,
+        a partition this worker had before keeps its fetch position, past the records its
+        queues lost. Those partitions are seeked to their earliest offset, the floor of a
+        partition nobody committed."""
         committed = await self.seek_to_committed()
-        self._committed_offset.update({tp: offset for tp, offset in committed.items() if offset})
-        for tp, offset in committed.items():
+        floors = {tp: o for tp, o in committed.items() if o is not None and o > 0}
+        self._committed_offset.update(floors)
+        unset = [tp for tp in committed if tp not in floors and self._tracked(tp)]
+        if unset:
+            earliest = await self.earliest_offsets(*unset)
+            floors.update({tp: max(0, earliest.get(tp) or 0) for tp in unset})
+            await self.seek_wait({tp: floors[tp] for tp in unset})
+        for tp, offset in floors.items():
             ledger = self._ledger(tp)
             if ledger is not None:
                 ledger.reset(offset)

@@ -82,7 +82,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
 def test_chaos_smoke(tmp_path: Path) -> None:
     """`make chaos` at a small size: every fault of the schedule happens, nothing is missing."""
     out = tmp_path / "chaos.json"
-    args = f"--no-baseline --rps 120 --no-append --out {out}"
+    args = f"--no-baseline --rps 120 --timeout 300 --no-append --out {out}"
     cmd = ["make", "chaos", "COUNT=240", f"ARGS={args}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=380, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -92,6 +92,24 @@ def test_sigterm_exits_within_grace_and_loses_nothing(stack, ns, workers):
     assert wait_until(lambda: set(delivered_ids(stack, ids)) >= ids, 180), "summaries missing"
 
 
+def test_sigterm_past_the_grace_loses_no_conversation(stack, ns, workers):
+    """Conversations still running when the grace is over are cancelled, and Faust's stream
+    acks a cancelled actor's event in its `finally`: the ledger must not take that ack for a
+    finished event (before, such events were committed and never delivered by anyone)."""
+    http_json(f"{stack.mock_url}/admin/config", {"latency_ms": 800, "latency_jitter_ms": 0})
+    first = workers.start(shutdown_grace_seconds=1, concurrent_conversations=10)
+    events = events_for(stack, 20, seed=17)
+    ids = {e["id"] for e in events}
+    send_events(stack, ns, events)
+    assert wait_until(lambda: mock_calls(stack) >= 10, 60)  # ten conversations in flight
+    assert first.stop(timeout=60) is not None
+    assert "still in flight are left unacked" in first.log_path.read_text()
+    workers.start(concurrent_conversations=10)
+    assert wait_until(lambda: set(delivered_ids(stack, ids)) >= ids, 180), (
+        f"{len(ids - set(delivered_ids(stack, ids)))} conversations lost"
+    )
+
+
 def test_flaky_receiver_gets_every_summary(stack, ns, workers):
     http_json(f"{stack.sink_url}/admin/config", {"fail_first": 2})
     workers.start(callback_retry_attempts=5)
