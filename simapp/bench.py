@@ -37,17 +37,13 @@ from typing import Any
 
 import psutil
 
+from simapp import results_doc
 from simapp.catalogue import make_events
 from simapp.config import load_settings
 from simapp.embedded.session import EmbeddedSession
 from simapp.embedded.stack import EmbeddedStack, http_json
 
-ROOT = Path(__file__).resolve().parents[1]
-if not (ROOT / "pyproject.toml").exists():  # installed, not a checkout: use the cwd
-    ROOT = Path.cwd()
-DOC_PATH = ROOT / "docs" / "benchmarks.md"
-RESULTS_DIR = ROOT / "bench-results"
-RESULTS_HEADING = "## Results"
+DOC_PATH = results_doc.root() / "docs" / "benchmarks.md"
 OVERHEAD_MARGIN_S = 0.05  # per-turn time on top of the mock latency (rate wait, checkpoint, ...)
 
 GOALS = {
@@ -556,12 +552,6 @@ def goals(r: dict[str, Any], rps: float) -> dict[str, bool | None]:
 # --------------------------------------------------------------------------- output
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def doc_row(r: dict[str, Any]) -> str:
     m, c, cpu = r["machine"], r["config"], r.get("cpu_seconds_during_run", {})
     load = m.get("loadavg_at_start") or ["?"]
@@ -605,7 +595,7 @@ def doc_row(r: dict[str, Any]) -> str:
         r["missing"],
         notes,
     ]
-    return "| " + " | ".join(_cell(x) for x in cells) + " |"
+    return results_doc.row(cells)
 
 
 TABLE_HEADER = (
@@ -615,30 +605,6 @@ TABLE_HEADER = (
     "| missing | notes |\n"
     "|---|---|---|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|---|"
 )
-
-
-def append_row(path: Path, row: str) -> None:
-    """Insert the row at the end of the table under '## Results' (created if absent)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    try:
-        start = lines.index(RESULTS_HEADING)
-    except ValueError:
-        lines += ["", RESULTS_HEADING, "", *TABLE_HEADER.splitlines(), row]
-    else:
-        i = start + 1
-        while i < len(lines) and not lines[i].startswith("|"):
-            if lines[i].startswith("## "):
-                break
-            i += 1
-        if i < len(lines) and lines[i].startswith("|"):
-            while i < len(lines) and lines[i].startswith("|"):
-                i += 1
-            lines.insert(i, row)
-        else:
-            lines[i:i] = [*TABLE_HEADER.splitlines(), row, ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def print_summary(r: dict[str, Any]) -> None:
@@ -753,17 +719,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", flush=True)
         return 130
-    out = (
-        Path(args.out)
-        if args.out
-        else RESULTS_DIR / (datetime.now().strftime("%Y%m%d-%H%M%S") + ".json")
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out = results_doc.write_result(result, args.out)
     print_summary(result)
     print(f"result: {out}")
     if not args.no_append:
-        append_row(Path(args.doc), doc_row(result))
+        results_doc.append_row(Path(args.doc), doc_row(result), TABLE_HEADER, "# Benchmarks")
         print(f"row appended to {args.doc}")
     return 0 if result.get("missing") == 0 and result.get("delivered", 0) > 0 else 1
 

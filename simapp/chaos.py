@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shlex
 import signal
 import sys
@@ -32,16 +31,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from simapp import results_doc
 from simapp.dlq import read_dead_letters
 from simapp.embedded.session import EmbeddedSession
 from simapp.embedded.stack import http_json
 
-ROOT = Path(__file__).resolve().parents[1]
-if not (ROOT / "pyproject.toml").exists():  # installed, not a checkout: use the cwd
-    ROOT = Path.cwd()
-DOC_PATH = ROOT / "docs" / "reliability.md"
-RESULTS_DIR = ROOT / "bench-results"
-RESULTS_HEADING = "## Results"
+DOC_PATH = results_doc.root() / "docs" / "reliability.md"
 TABLE_HEADER = (
     "| date (UTC) | command | workers | count | profile | sent | delivered | missing "
     "| dead letters | duplicates | gaps | LLM calls (baseline) | wall s | faults | notes |\n"
@@ -271,26 +266,7 @@ def doc_row(r: dict[str, Any]) -> str:
         "; ".join(r["faults"]),
         r.get("note") or "",
     ]
-    return "| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |"
-
-
-def append_row(path: Path, row: str) -> None:
-    """The row at the end of the table under '## Results' (both created if absent)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Reliability\n"
-    lines = text.splitlines()
-    if RESULTS_HEADING not in lines:
-        lines += ["", RESULTS_HEADING, "", *TABLE_HEADER.splitlines()]
-    i = lines.index(RESULTS_HEADING) + 1
-    while i < len(lines) and not lines[i].startswith("|"):
-        i += 1
-    if i == len(lines):
-        lines += TABLE_HEADER.splitlines()
-        i = len(lines) - 2
-    while i < len(lines) and lines[i].startswith("|"):
-        i += 1
-    lines.insert(i, row)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return results_doc.row(cells)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -355,20 +331,14 @@ def main(argv: list[str] | None = None) -> int:
         result["baseline"] = baseline
         result["baseline_llm_calls"] = baseline["llm_calls"]
     result.update(run_burst(args, default_schedule(), "chaos"))
-    out = (
-        Path(args.out)
-        if args.out
-        else RESULTS_DIR / ("chaos-" + datetime.now().strftime("%Y%m%d-%H%M%S") + ".json")
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out = results_doc.write_result(result, args.out, prefix="chaos-")
     for key in ("sent", "delivered", "missing", "dead_lettered", "duplicate_deliveries",
                 "offset_gaps", "llm_calls", "baseline_llm_calls", "llm_429", "wall_seconds",
                 "faults"):  # fmt: skip
         print(f"{key:>22}: {result.get(key)}")
     print(f"result: {out}")
     if not args.no_append:
-        append_row(Path(args.doc), doc_row(result))
+        results_doc.append_row(Path(args.doc), doc_row(result), TABLE_HEADER, "# Reliability")
         print(f"row appended to {args.doc}")
     ok = result["missing"] == 0 and result["sent"] == args.count
     print("RESULT:", "OK, nothing missing" if ok else f"{result['missing']} MISSING")
