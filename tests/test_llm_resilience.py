@@ -191,9 +191,20 @@ def provider_bound(rps: float, margin: float) -> int:
 
 # ------------------------------------------------------------------ 1. burst at the limit
 def test_burst_at_the_provider_limit_gets_no_429(stack, ns, workers):
+    """One budget per instance across models: events for three models, a simulated user on
+    a fourth and a judge on some, against a provider whose limit counts them all together."""
     mock_config(stack, rps_limit=20)
-    workers.start(llm_rate_limit_rps=20, llm_rate_safety_margin=MARGIN, concurrent_conversations=40)
+    workers.start(
+        llm_rate_limit_rps=20,
+        llm_rate_safety_margin=MARGIN,
+        concurrent_conversations=40,
+        user_simulator_model="gpt-3.5-turbo",
+    )
     events = events_for(stack, 40, max_iterations=4, seed=11)
+    for i, event in enumerate(events):
+        event["model"] = ("gpt-4", "gpt-4o", "gpt-4o-mini")[i % 3]
+        if i % 4 == 0:
+            event["judge"] = {"criteria": ["The assistant answered"]}
     ids = {e["id"] for e in events}
     assert send_events(stack, ns, events) == 40
 
@@ -207,6 +218,7 @@ def test_burst_at_the_provider_limit_gets_no_429(stack, ns, workers):
     assert stats["max_1s_window"] <= bound, densest(stats)
     # and the burst really ran at the limit, not politely below it
     assert stats["max_1s_window"] >= bound - 3
+    assert set(stats["by_model"]) == {"gpt-4", "gpt-4o", "gpt-4o-mini", "gpt-3.5-turbo"}
 
 
 # ------------------------------------------------------------------ 2. a shared global budget

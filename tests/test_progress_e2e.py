@@ -493,6 +493,10 @@ def test_restart_of_the_owner_mid_batch_keeps_counting(group: Group) -> None:
         except AssertionError as exc:
             explain_unfinished(group, batch_id, n, exc)
         note("done on every worker")
+        # the watcher's own next poll (every 0.3 s) sees it too
+        deadline = time.monotonic() + 15
+        while watcher.max_completed() < n and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         watcher.stop()
     views = watcher.views()
