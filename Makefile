@@ -9,7 +9,7 @@ WORKERS ?= 1
 RPS ?= 200
 ARGS ?=
 
-.PHONY: install run test test-fast lint loadtest bench chaos tools up down clean
+.PHONY: install run test test-fast lint loadtest bench bench-kafka chaos tools up down clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,6 +49,10 @@ loadtest: install
 ## Benchmark on the embedded stack (see docs/benchmarks.md).
 bench: install
 	$(BIN)/python -m simapp.bench --count $(if $(filter file,$(origin COUNT)),10000,$(COUNT)) --workers $(if $(filter file,$(origin WORKERS)),2,$(WORKERS)) --rps $(RPS) $(ARGS)
+
+## Worker CPU per Kafka operation (read, send, table write), Faust in the loop (docs/benchmarks.md).
+bench-kafka: install
+	$(BIN)/python -m simapp.bench_kafka $(ARGS)
 
 ## Losses under faults: workers killed, stopped and added mid-burst (see docs/reliability.md).
 chaos: install
