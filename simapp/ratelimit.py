@@ -210,9 +210,11 @@ class Budget:
         return ((bound, 1.0), (provider, 1.0 + tolerance))
 
     def send_wait(self, now: float) -> float:
-        """Seconds until one more write at `now` would keep every send rule (0 = now)."""
+        """Seconds until one more write at `now` would keep every send rule and no 429
+        pause holds the backend (0 = now): a request granted before the 429 came back is
+        not written until its Retry-After is over."""
         sent = self._sent
-        wait = 0.0
+        wait = max(0.0, self._paused_until - now)
         for count, seconds in self.send_rules():
             if len(sent) >= count:
                 wait = max(wait, sent[-count] + seconds + _WINDOW_EPSILON - now)

@@ -96,7 +96,14 @@ class LedgerFlowControl(FlowControlEvent):
         self._app = app
 
     def clear(self) -> None:
+        lost = sum(queue.qsize() for queue in self._queues)
         super().clear()
+        if lost:
+            log.info(
+                "flow control emptied the stream queues: %d fetched records never reached an "
+                "actor; the ledger fetches them again",
+                lost,
+            )
         consumer = getattr(self._app, "_consumer", None)
         on_cleared = getattr(consumer, "on_queues_cleared", None)
         if on_cleared is not None:

@@ -515,6 +515,20 @@ async def test_send_gate_does_not_hold_paced_requests() -> None:
     assert sum(held) < 0.05
 
 
+async def test_send_gate_holds_a_granted_write_while_a_429_pause_runs() -> None:
+    """A request granted before the 429 came back is not written until Retry-After is over
+    (on the LiteLLM route one reached the mock 16 ms after the 429 it should have waited for)."""
+    limits = RateLimits(rps=100, safety_margin=0.05)
+    budgets = limits.for_call("m")
+    await limits.acquire(budgets)  # granted ...
+    loop = asyncio.get_running_loop()
+    paused_at = loop.time()
+    limits.pause(budgets, 0.3)  # ... then the 429 arrives
+    held = await send_gate(budgets)
+    assert loop.time() >= paused_at + 0.3 - 0.005
+    assert held >= 0.29
+
+
 @pytest.mark.parametrize("order", ["strict_last", "strict_first"])
 async def test_send_gate_across_budgets_records_in_all_and_keeps_the_stricter(
     monkeypatch: pytest.MonkeyPatch, order: str
