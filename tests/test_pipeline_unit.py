@@ -253,3 +253,28 @@ async def test_a_crash_in_our_code_is_dead_lettered_not_raised() -> None:
     assert parts.progress_kinds()[-1] == ("failed", "internal_error")
     assert "sim-1" not in parts.store.rows or parts.store.rows["sim-1"]["status"] != DONE
     assert await parts.handle(event()) == "internal_error"  # not remembered as finished
+
+
+async def test_a_turn_row_waits_for_the_previous_one_to_be_durable() -> None:
+    """The row of turn N is written only once turn N-1's row is acked, so a crash re-bills at
+    most the call in flight and one turn, however far the producer lags."""
+    parts = Parts()
+    acks: list[asyncio.Future] = []
+
+    def put(simulation_id: str, row: dict, partition: int) -> asyncio.Future:
+        parts.store.rows[simulation_id] = row
+        acks.append(asyncio.get_running_loop().create_future())  # acked by the test
+        return acks[-1]
+
+    parts.store.put = put  # type: ignore[method-assign]
+    decoded = parts.pipeline.decoder.decode(json.dumps(event()).encode())
+    checkpoint = parts.pipeline.checkpointer(decoded, SOURCE, None)
+    assert checkpoint is not None
+    state = ConversationState(history=[])
+    await asyncio.wait_for(checkpoint(state), 1)  # the first row goes out, not awaited
+    second = asyncio.create_task(checkpoint(state))
+    await asyncio.sleep(0.01)
+    assert len(acks) == 1 and not second.done()  # held: the first row is not durable yet
+    acks[0].set_result(None)
+    await asyncio.wait_for(second, 1)
+    assert len(acks) == 2  # written once the first was acked, not itself awaited
