@@ -340,7 +340,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     )
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "-m", "simapp.bench", *command_args(args.argv)]),
+        "command": shlex.join(
+            ["python", "-m", "simapp.bench", *results_doc.command_args(args.argv)]
+        ),
         "machine": machine_info(),
         "note": args.note,
         "route": args.route,
@@ -518,20 +520,6 @@ def log_problems(stack: EmbeddedStack) -> dict[str, Any]:
                         pass
         shares.append(share)
     out["rate_shares"] = shares
-    return out
-
-
-def command_args(argv: list[str]) -> list[str]:
-    """The arguments that shape a run: `--note` (free text for the doc) is left out."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--note":
-            skip = True
-        elif not arg.startswith("--note="):
-            out.append(arg)
     return out
 
 

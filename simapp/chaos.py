@@ -230,6 +230,8 @@ def account(
             Counter(d.get("reason") for d in dead if d.get("simulation_id") in ids)
         ),
         "missing": len(ids - delivered_ids - dead_ids),
+        # a re-run (after a crash or rebalance) of a delivered event can fail its callback
+        "delivered_and_dead_lettered": len(delivered_ids & dead_ids),
         "missing_ids": sorted(ids - delivered_ids - dead_ids)[:20],
         "duplicate_deliveries": received["duplicates"],
         "offset_gaps": gaps,
@@ -247,6 +249,8 @@ def account(
 def doc_row(r: dict[str, Any]) -> str:
     c = r["config"]
     dead = ", ".join(f"{k} {n}" for k, n in sorted(r["dead_lettered"].items())) or "none"
+    if r.get("delivered_and_dead_lettered"):
+        dead += f" ({r['delivered_and_dead_lettered']} of them delivered too, by another run)"
     baseline = r.get("baseline_llm_calls")
     calls = f"{r['llm_calls']} ({baseline})" if baseline is not None else str(r["llm_calls"])
     cells = [
@@ -305,7 +309,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    command = shlex.join(["python", "-m", "simapp.chaos", *[a for a in argv if a != "--note"]])
+    command = shlex.join(["python", "-m", "simapp.chaos", *results_doc.command_args(argv)])
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command,
@@ -332,9 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         result["baseline_llm_calls"] = baseline["llm_calls"]
     result.update(run_burst(args, default_schedule(), "chaos"))
     out = results_doc.write_result(result, args.out, prefix="chaos-")
-    for key in ("sent", "delivered", "missing", "dead_lettered", "duplicate_deliveries",
-                "offset_gaps", "llm_calls", "baseline_llm_calls", "llm_429", "wall_seconds",
-                "faults"):  # fmt: skip
+    for key in ("sent", "delivered", "missing", "dead_lettered", "delivered_and_dead_lettered",
+                "duplicate_deliveries", "offset_gaps", "llm_calls", "baseline_llm_calls",
+                "llm_429", "wall_seconds", "faults"):  # fmt: skip
         print(f"{key:>22}: {result.get(key)}")
     print(f"result: {out}")
     if not args.no_append:

@@ -40,6 +40,20 @@ def row(cells: list[Any]) -> str:
     return "| " + " | ".join(cell(c) for c in cells) + " |"
 
 
+def command_args(argv: list[str]) -> list[str]:
+    """The arguments that shape a run: `--note` (free text for the doc) is left out."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            out.append(arg)
+    return out
+
+
 def append_row(path: Path, line: str, header: str, title: str) -> None:
     """Add `line` at the end of the table under '## Results' (heading, table and page are
     created when absent: `title` is the page's first line, `header` the table's two)."""

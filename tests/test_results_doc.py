@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simapp.results_doc import append_row, row
+from simapp.results_doc import append_row, command_args, row
 
 HEADER = "| a | b |\n|---|---|"
 
@@ -31,3 +31,8 @@ def test_a_heading_without_a_table_gets_one(tmp_path: Path) -> None:
     text = page.read_text()
     assert text.index("| 5 | 6 |") < text.index("## Next")
     assert "| a | b |" in text
+
+
+def test_the_command_column_leaves_the_note_out_with_its_value() -> None:
+    argv = ["--count", "10", "--note", "run 1 of 5", "--workers", "3", "--note=x"]
+    assert command_args(argv) == ["--count", "10", "--workers", "3"]
