@@ -169,12 +169,10 @@ class Pipeline:
         self, event: SimulationEvent, source: Source, resumed: ConversationState | None
     ) -> Callable[[ConversationState], Awaitable[None]] | None:
         """Writes the conversation's row after every turn (CHECKPOINT_TURNS); a turn's row
-        waits until the previous turn's row is durable. A crash re-bills at most the call in
-        flight and the turn before it, however far Faust's producer lags on a busy worker
-        (never waiting re-billed 141 calls for 40 conversations in flight after a SIGKILL on
-        the LiteLLM route), and the wait costs no latency: the previous row had a whole LLM
-        call to become durable (awaiting each row at once cost a saturated worker 10 % of
-        its throughput, docs/benchmarks.md)."""
+        waits until the previous turn's row is durable. So a crash re-bills at most the call
+        in flight and the turn before it, however far Faust's producer lags on a busy worker,
+        and the wait is rarely felt: the previous row had a whole LLM call to become durable
+        (the three designs measured: docs/reliability.md, "What a crash re-bills")."""
         if not self.checkpoint_turns:
             return None
         base_ms = resumed.elapsed_ms if resumed is not None else 0
