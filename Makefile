@@ -48,15 +48,15 @@ loadtest: install
 
 ## Benchmark on the embedded stack (see docs/benchmarks.md).
 bench: install
-	$(BIN)/python -m simapp.bench --count $(if $(filter file,$(origin COUNT)),10000,$(COUNT)) --workers $(if $(filter file,$(origin WORKERS)),2,$(WORKERS)) --rps $(RPS) $(ARGS)
+	$(BIN)/python -m simapp.lab.bench --count $(if $(filter file,$(origin COUNT)),10000,$(COUNT)) --workers $(if $(filter file,$(origin WORKERS)),2,$(WORKERS)) --rps $(RPS) $(ARGS)
 
 ## Worker CPU per Kafka operation (read, send, table write), Faust in the loop (docs/benchmarks.md).
 bench-kafka: install
-	$(BIN)/python -m simapp.bench_kafka $(ARGS)
+	$(BIN)/python -m simapp.lab.bench_kafka $(ARGS)
 
 ## Losses under faults: workers killed, stopped and added mid-burst (see docs/reliability.md).
 chaos: install
-	$(BIN)/python -m simapp.chaos --count $(if $(filter file,$(origin COUNT)),1000,$(COUNT)) --workers $(if $(filter file,$(origin WORKERS)),3,$(WORKERS)) $(ARGS)
+	$(BIN)/python -m simapp.lab.chaos --count $(if $(filter file,$(origin COUNT)),1000,$(COUNT)) --workers $(if $(filter file,$(origin WORKERS)),3,$(WORKERS)) $(ARGS)
 
 up:
 	@test -f .env || { echo "no .env: run 'cp .env.example .env' and edit it (see docs/deployment.md)"; exit 1; }

@@ -1,1 +1,6 @@
-"""Faust agents of simapp (installed as simapp.agents; Faust's autodiscovery imports them)."""
+"""Faust agents of simapp (installed as simapp.agents; Faust's autodiscovery imports them).
+
+simulate (the simulation topic, CONCURRENT_CONVERSATIONS actors), progress (the progress
+fold, concurrency 1), wiring (the parts the agents drive, and the rebalance signals).
+May import worker, tables and the runtime folders; never web, commands, embedded or lab.
+"""

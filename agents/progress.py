@@ -4,7 +4,7 @@ The pipeline sends one message per simulation state change to the progress topic
 batch id, so every message of a batch lands on one partition and this agent, on the worker owning
 that partition, is the only writer of the batch's row (ARCHITECTURE.md: only concurrency-1
 agents write tables). It also keeps the per-batch Prometheus gauges of the batches it owns.
-The topic is declared raw (simapp/application.py) and decoded here, so a malformed message is
+The topic is declared raw (simapp/worker/application.py) and decoded here, so a malformed message is
 logged and skipped instead of stopping the agent; an already decoded dict is accepted too.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 
 from simapp.tables.progress import local_rows, progress_seen_table, progress_table, seen_key
 
-from simapp import metrics
-from simapp.application import app, topics
-from simapp.progress import BadMessage, apply_once, parse_message, view
+from simapp.observe import metrics
+from simapp.observe.progress import BadMessage, apply_once, parse_message, view
+from simapp.worker.application import app, topics
 
 log = logging.getLogger(__name__)
 

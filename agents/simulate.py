@@ -3,7 +3,7 @@
 A thin Faust loop: every event goes to the worker's Pipeline, which never raises. The event
 is acked when the body returns, i.e. after its summary was delivered or dead-lettered; the
 committer never commits past an event that is still running, or that an actor gave up on
-(simapp/committer.py).
+(simapp/kafka/committer.py).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from simapp import metrics
-from simapp.application import app, settings, topics
-from simapp.dlq import Source
-from simapp.wiring import parts
+from simapp.agents.wiring import parts
+
+from simapp.delivery.dead_letters import Source
+from simapp.observe import metrics
+from simapp.worker.application import app, settings, topics
 
 LAG_SAMPLE_SECONDS = 5.0
 

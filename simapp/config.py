@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     breaker_fail_max: int = Field(5, ge=1)
     breaker_reset_timeout: float = Field(60.0, gt=0)
     engine_class: str = Field(
-        "simapp.conversation:ConversationEngine",
+        "simapp.simulation.conversation:ConversationEngine",
         description="module:Class of the conversation engine (extension point)",
     )
 

@@ -6,20 +6,20 @@ changelog to the partition of the event being processed, so the batch row and ev
 of that batch live on the batch's progress partition: one worker owns all state of a batch, and
 a restarted or new owner recovers both from the same changelog partition.
 
-The seen table is what makes redelivered progress messages harmless (see simapp/progress.py,
+The seen table is what makes redelivered progress messages harmless (see simapp/observe/progress.py,
 `apply_once`). It holds one short string per simulation, e.g. 10k entries per 10k batch.
 """
 
 from __future__ import annotations
 
-from simapp.application import app, settings
+from simapp.worker.application import app, settings
 
 progress_table = app.Table(
     "progress",
     default=None,
     key_type=str,
     partitions=settings.kafka_partitions,
-    help="Batch progress rows by batch id (see simapp/progress.py)",
+    help="Batch progress rows by batch id (see simapp/observe/progress.py)",
 )
 
 progress_seen_table = app.Table(

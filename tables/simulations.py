@@ -2,13 +2,13 @@
 
 Co-partitioned with the simulation topic (both keyed by simulation id, same partition count),
 so the worker that owns an event owns its row and reads it locally. Written by the simulate
-agent's actor that owns the simulation (simapp/checkpoints.py says why that is safe); the row
-format is in simapp/checkpoints.py.
+agent's actor that owns the simulation (simapp/simulation/checkpoints.py says why that is
+safe, and gives the row format).
 """
 
 from __future__ import annotations
 
-from simapp.application import app, settings
+from simapp.worker.application import app, settings
 
 simulations = app.Table(
     "simulations",

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-
-from simapp.catalogue import make_events
 from simapp.config import load_settings
+from simapp.embedded.catalogue import make_events
 from simapp.embedded.stack import EmbeddedStack
-from simapp.producer import encode_event, produce
+from simapp.kafka.producer import encode_event, produce
 
 
 @dataclass
@@ -66,24 +63,20 @@ def send_raw(
 
 def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -> list[dict]:
     """Read JSON values from the start of `topic` until `expect` records or the timeout."""
+    from simapp.config import load_settings
+    from simapp.kafka.reader import TopicReader, json_value
 
     async def _read() -> list[dict]:
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
+        settings = load_settings(kafka_bootstrap_servers=bootstrap)
         out: list[dict] = []
-        try:
-            deadline = time.monotonic() + timeout
-            while len(out) < expect and time.monotonic() < deadline:
-                batch = await consumer.getmany(timeout_ms=500)
-                for records in batch.values():
-                    out.extend(json.loads(r.value) for r in records)
-        finally:
-            await consumer.stop()
+        async with TopicReader(settings) as reader:
+            await reader.from_start(topic)
+            try:
+                async with asyncio.timeout(timeout):
+                    async for record in reader.records(to_end=False, limit=expect):
+                        out.append(json_value(record))
+            except TimeoutError:
+                pass
         return out
 
     return asyncio.run(_read())
@@ -109,13 +102,13 @@ def send_to_partition(
     """Produce events keyed by id but to one explicit partition (to control offsets)."""
     from aiokafka import AIOKafkaProducer
 
-    from simapp.kafka_admin import ensure_topics
-    from simapp.producer import all_topic_names
+    from simapp.kafka.admin import ensure_topics
+    from simapp.kafka.producer import all_topic_names
 
     settings = ns.settings(stack)
 
     async def _send() -> None:
-        await ensure_topics(stack.bootstrap, all_topic_names(settings), stack.partitions)
+        await ensure_topics(settings, all_topic_names(settings), stack.partitions)
         producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
         await producer.start()
         try:

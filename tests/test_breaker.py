@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import pytest
 
-from simapp.breaker import AsyncCircuitBreaker, BreakerOpen
+from simapp.limits.breaker import AsyncCircuitBreaker, BreakerOpen
 
 RESET = 0.3
 T = TypeVar("T")
@@ -48,13 +48,26 @@ class Backend:
             self.in_flight -= 1
 
 
+async def call(breaker: AsyncCircuitBreaker, fn: Callable[[], Awaitable[T]]) -> T:
+    """One call as the LLM client makes it (simapp/llm/client.py): admitted without waiting
+    (BreakerOpen when it may not go), its outcome recorded."""
+    ticket = breaker.admit()
+    try:
+        result = await fn()
+    except BaseException as exc:
+        breaker.record(ticket, exc)
+        raise
+    breaker.record(ticket, None)
+    return result
+
+
 async def fail(breaker: AsyncCircuitBreaker, times: int) -> None:
     async def boom() -> None:
         raise Boom()
 
     for _ in range(times):
         with pytest.raises(Boom):
-            await breaker.call(boom)
+            await call(breaker, boom)
 
 
 async def waiting_call(
@@ -67,7 +80,7 @@ async def waiting_call(
     while True:
         await breaker.ready()
         try:
-            return await breaker.call(fn)
+            return await call(breaker, fn)
         except BreakerOpen:
             if rejections is not None:
                 rejections.append(1)
@@ -94,7 +107,7 @@ async def test_opens_after_fail_max_consecutive_failures() -> None:
 
     await fail(breaker, 4)
     assert breaker.fail_counter == 4
-    assert await breaker.call(backend) == "ok 1"  # a success resets the count
+    assert await call(breaker, backend) == "ok 1"  # a success resets the count
     assert breaker.fail_counter == 0
     await fail(breaker, 4)
     assert breaker.state == "closed"
@@ -110,7 +123,7 @@ async def test_open_breaker_never_reaches_the_backend() -> None:
     backend = Backend()
     for _ in range(10):
         with pytest.raises(BreakerOpen) as info:
-            await breaker.call(backend)
+            await call(breaker, backend)
     assert backend.invocations == 0
     assert info.value.state == "open"
     assert info.value.name == "t"
@@ -133,7 +146,7 @@ async def test_call_on_open_breaker_raises_at_once_with_retry_at() -> None:
 
     started = loop.time()
     with pytest.raises(BreakerOpen) as info:
-        await breaker.call(backend)
+        await call(breaker, backend)
     assert loop.time() - started < 0.05  # no waiting
     assert backend.invocations == 0
     assert info.value.state == "open"
@@ -145,10 +158,10 @@ async def test_call_on_open_breaker_raises_at_once_with_retry_at() -> None:
     # Just before retry_at: still refused. At retry_at the call is the probe.
     await asyncio.sleep(max(0.0, info.value.retry_at - loop.time() - 0.05))
     with pytest.raises(BreakerOpen):
-        await breaker.call(backend)
+        await call(breaker, backend)
     assert backend.invocations == 0
     await asyncio.sleep(max(0.0, info.value.retry_at - loop.time()) + 0.01)
-    assert await breaker.call(backend) == "ok 1"
+    assert await call(breaker, backend) == "ok 1"
     assert breaker.state == "closed"
 
 
@@ -194,7 +207,7 @@ async def test_waiting_caller_becomes_probe_and_success_closes() -> None:
     assert loop.time() - opened >= RESET - 0.01
     assert loop.time() >= retry_at
     assert backend.invocations == 0
-    assert await breaker.call(backend) == "ok 1"
+    assert await call(breaker, backend) == "ok 1"
     assert backend.invocations == 1
     assert breaker.state == "closed"
     assert breaker.fail_counter == 0
@@ -212,12 +225,12 @@ async def test_probe_failure_reopens_for_another_reset_timeout() -> None:
 
     await breaker.ready()  # waits RESET
     with pytest.raises(Boom):
-        await breaker.call(backend)  # probes, fails
+        await call(breaker, backend)  # probes, fails
     reopened = loop.time()
     assert breaker.state == "open"
     assert breaker.retry_at == pytest.approx(reopened + RESET, abs=0.01)
     with pytest.raises(BreakerOpen) as info:
-        await breaker.call(backend)  # re-opened: refused at once again
+        await call(breaker, backend)  # re-opened: refused at once again
     assert info.value.retry_at == breaker.retry_at
     assert backend.invocations == 1
 
@@ -271,7 +284,7 @@ async def test_300_concurrent_callers_consistent_state_and_single_probe() -> Non
         while True:
             await breaker.ready()
             try:
-                return await breaker.call(fn)
+                return await call(breaker, fn)
             except BreakerOpen:
                 refused[i] += 1
                 continue
@@ -326,14 +339,14 @@ async def test_excluded_errors_do_not_count() -> None:
 
     for _ in range(10):
         with pytest.raises(BadRequest):
-            await breaker.call(bad)
+            await call(breaker, bad)
     assert breaker.state == "closed"
     assert breaker.fail_counter == 0
     # An excluded error counts as a success: it resets the consecutive count.
     await fail(breaker, 2)
     assert breaker.fail_counter == 2
     with pytest.raises(BadRequest):
-        await breaker.call(bad)
+        await call(breaker, bad)
     assert breaker.fail_counter == 0
     await fail(breaker, 2)
     assert breaker.state == "closed"
@@ -343,7 +356,7 @@ async def test_excluded_errors_do_not_count() -> None:
     # A probe that gets an excluded error closes the breaker: the backend answered.
     await breaker.ready()
     with pytest.raises(BadRequest):
-        await breaker.call(bad)
+        await call(breaker, bad)
     assert breaker.state == "closed"
     assert breaker.fail_counter == 0
 
@@ -367,7 +380,7 @@ async def test_timeout_around_ready_cancels_cleanly() -> None:
     assert breaker.retry_at == retry_at
     assert transitions == [("closed", "open")]
     with pytest.raises(BreakerOpen):
-        await breaker.call(backend)
+        await call(breaker, backend)
     assert backend.invocations == 0
 
     # Waiters behind a slow probe time out too, without a second probe.
@@ -431,7 +444,7 @@ async def test_cancelled_closed_call_does_not_count() -> None:
     async def hanging() -> None:
         await hang.wait()
 
-    task = asyncio.create_task(breaker.call(hanging))
+    task = asyncio.create_task(call(breaker, hanging))
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -492,6 +505,6 @@ async def test_failing_listener_does_not_break_the_breaker() -> None:
     assert breaker.state == "open"
     assert seen == ["open"]
     await breaker.ready()
-    assert await breaker.call(Backend()) == "ok 1"
+    assert await call(breaker, Backend()) == "ok 1"
     assert breaker.state == "closed"
     assert seen == ["open", "half-open", "closed"]

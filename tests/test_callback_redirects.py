@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from simapp.callbacks import CallbackSender
-from simapp.urlpolicy import CallbackPolicy
+from simapp.delivery.callbacks import CallbackSender
+from simapp.delivery.urlpolicy import CallbackPolicy
 from tests.tools import tools_required
 
 PAYLOAD = {"simulation_id": "sim-r", "conversation_history": [], "end_reason": "completed"}

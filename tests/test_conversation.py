@@ -6,14 +6,14 @@ import asyncio
 
 import pytest
 
-from simapp.conversation import (
+from simapp.simulation.conversation import (
     STOP_MARKER,
     Completion,
     ConversationEngine,
     ConversationState,
     LLMError,
 )
-from simapp.schemas import SimulationEvent
+from simapp.simulation.schemas import SimulationEvent
 
 EVENT = SimulationEvent.model_validate(
     {

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-import simapp.metrics
+import simapp.observe.metrics
 from simapp.config import Settings
 from tests.tools import require_tool
 
@@ -210,16 +210,16 @@ def exported_metric_names(text: str, *, declared: bool = False) -> set[str]:
 
 
 def exposition_with_every_metric() -> str:
-    """simapp.metrics' exposition after touching each labelled metric once (then removed)."""
+    """The metrics exposition after touching each labelled metric once (then removed)."""
     touched = []
-    for metric in vars(simapp.metrics).values():
+    for metric in vars(simapp.observe.metrics).values():
         labelnames = getattr(metric, "_labelnames", None)
         if labelnames and hasattr(metric, "labels"):
             values = ["__deployment_test__"] * len(labelnames)
             metric.labels(*values)
             touched.append((metric, values))
     try:
-        return simapp.metrics.exposition().decode()
+        return simapp.observe.metrics.exposition().decode()
     finally:
         for metric, values in touched:
             metric.remove(*values)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simapp.config import load_settings
-from simapp.schemas import EventDecoder, Rejection, SimulationEvent
+from simapp.simulation.schemas import EventDecoder, Rejection, SimulationEvent
 from tests.helpers import events_for, read_topic, send_raw, wait_until
 
 GOOD = {

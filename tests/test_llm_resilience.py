@@ -24,15 +24,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from simapp.embedded.stack import http_json, http_text
-from simapp.llm_session import BUDGET_HEADER
-from simapp.ratelimit import window_bound
+from simapp.limits.budgets import window_bound
+from simapp.llm.session import BUDGET_HEADER
 from tests.helpers import events_for, send_events, wait_until
 
 pytestmark = pytest.mark.slow
 
 MODEL = "gpt-4"  # the catalogue's default model; the simulated user uses it too
 # Safety margin for the tests whose mock meters at exactly our budget. The 2 % default leaves
-# ~18 ms of grant-to-arrival jitter (simapp/ratelimit.py); measured here on 2 busy cores: the
+# ~18 ms of grant-to-arrival jitter (simapp/limits/budgets.py); measured here on 2 busy cores: the
 # tightest 21 consecutive arrivals at 20 rps spanned 1.008-1.013 s on quiet runs (ideal 1.020 s),
 # and with the 2 % default 4 of 9 runs of the three tests below saw one 429 (21 arrivals within
 # 0.98-0.996 s), send gate included. With 5 % (~48 ms of tolerance): 9 of 9 clean.
@@ -50,9 +50,9 @@ def test_send_gate_holds_the_bytes_on_a_stalling_loop(stack, workers, margin: fl
     keeps stalling (time.sleep, what a CPU-bound worker looks like to its own tasks), requests
     fired all at once through our LLM session still reach the provider (the mock, its own
     process, its own clock) at most ceil(rate) per second, and every one is answered. With
-    the margin, both of the gate's rules apply (simapp/ratelimit.py `send_rules`)."""
-    from simapp.llm_session import llm_session
-    from simapp.ratelimit import RateLimits
+    the margin, both of the gate's rules apply (simapp/limits/budgets.py `send_rules`)."""
+    from simapp.limits.budgets import RateLimits
+    from simapp.llm.session import llm_session
 
     rps, count = 5, 16
     mock_config(stack, latency_ms=1, latency_jitter_ms=0, rps_limit=rps)
@@ -177,7 +177,7 @@ def densest(stats: dict) -> str:
 
 
 def provider_bound(rps: float, margin: float) -> int:
-    """What a provider metering `rps` may see in any 1 s window, per simapp/ratelimit.py.
+    """What a provider metering `rps` may see in any 1 s window, per simapp/limits/budgets.py.
 
     On our clock at most window_bound(rate) = ceil(rps * (1 - margin)) grants fall in any 1 s;
     the provider meters arrivals, a few ms later, and the margin is what absorbs that jitter:

@@ -15,12 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from simapp.components import llm_client, rate_limits
 from simapp.config import load_settings
-from simapp.conversation import LLMError
 from simapp.embedded.mock_llm import MockConfig, serve
-from simapp.llm_errors import CONTEXT_WINDOW, FATAL, RATE_LIMITED, ProviderError
-from simapp.retry import retry_after_seconds
+from simapp.limits.retry import retry_after_seconds
+from simapp.llm.errors import CONTEXT_WINDOW, FATAL, RATE_LIMITED, ProviderError
+from simapp.simulation.conversation import LLMError
+from simapp.worker.parts import llm_client, rate_limits
 
 MODEL = "gpt-4"  # priced in LiteLLM's cost map
 ROUTES = ["openai", "litellm"]

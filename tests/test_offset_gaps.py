@@ -4,10 +4,11 @@ Faust's recovery seeks each partition to its committed offset and then resumes f
 which empties the agents' queues: records the conductor queued in between vanish without a log
 line, and aiokafka's position is already past them (docs/reliability.md). The test hook
 `hold_resume` keeps that window open until records are queued, so every rebalance loses some.
-A second worker joining mid-burst triggers it. With the ledger commit rule (simapp/committer.py)
-the lost offsets are a gap: the commit holds below them, a WARNING names them, and the
-partition is seeked back so they are processed. Measured before the rule, the same test lost
-events for good (the note of the reliability issue, and docs/reliability.md).
+A second worker joining mid-burst triggers it. With the ledger commit rule
+(simapp/kafka/committer.py) the lost offsets are a gap: the commit holds below them, a
+WARNING names them, and the partition is seeked back so they are processed. Measured before
+the rule, the same test lost events for good (the note of the reliability issue, and
+docs/reliability.md).
 """
 
 from __future__ import annotations

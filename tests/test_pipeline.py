@@ -7,7 +7,7 @@ import json
 import pytest
 
 from simapp.embedded.stack import http_json
-from simapp.schemas import Summary
+from simapp.simulation.schemas import Summary
 from tests.helpers import events_for, read_topic, send_events, send_raw, wait_until
 
 pytestmark = pytest.mark.slow

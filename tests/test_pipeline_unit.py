@@ -1,5 +1,5 @@
-"""The event path (simapp.pipeline.Pipeline) built from its parts, with fakes at the edges:
-a dict for the simulations table, lists for the topics, a scripted LLM, a recording sender.
+"""The event path (simapp.simulation.pipeline.Pipeline) built from its parts, with fakes at the
+edges: a dict for the simulations table, lists for the topics, a scripted LLM, a recording sender.
 
 The real path (Tansu, HTTP, a worker process) is tests/test_pipeline.py; this one pins the
 decisions: what is dead-lettered and why, re-keying, the ledger's run/resume/skip/duplicate,
@@ -14,15 +14,20 @@ from typing import Any
 
 import pytest
 
-from simapp.callbacks import Delivery
-from simapp.checkpoints import DONE, RUNNING, running_row
 from simapp.config import load_settings
-from simapp.conversation import STOP_MARKER, Completion, ConversationEngine, ConversationState
-from simapp.dlq import DeadLetters, Source
-from simapp.ledger import RunLedger
-from simapp.pipeline import Pipeline
-from simapp.progress import ProgressReporter
-from simapp.schemas import EventDecoder
+from simapp.delivery.callbacks import Delivery
+from simapp.delivery.dead_letters import DeadLetters, Source
+from simapp.observe.progress import ProgressReporter
+from simapp.simulation.checkpoints import DONE, RUNNING, running_row
+from simapp.simulation.conversation import (
+    STOP_MARKER,
+    Completion,
+    ConversationEngine,
+    ConversationState,
+)
+from simapp.simulation.ledger import RunLedger
+from simapp.simulation.pipeline import Pipeline
+from simapp.simulation.schemas import EventDecoder
 
 SOURCE = Source("events", 2, 17)
 

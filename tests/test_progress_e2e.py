@@ -22,14 +22,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from simapp.catalogue import make_events
 from simapp.config import load_settings
+from simapp.embedded.catalogue import make_events
 from simapp.embedded.processes import ManagedProcess
 from simapp.embedded.stack import EmbeddedStack, http_text
-from simapp.follow import get_json
-from simapp.producer import encode_event, produce
+from simapp.kafka.producer import encode_event, produce
+from simapp.kafka.reader import TopicReader, json_value
+from simapp.observe.follow import get_json
 
 pytestmark = pytest.mark.slow
 
@@ -192,24 +193,10 @@ def progress_topic_summary(group: Group, batch_id: str) -> dict[str, Any]:
     """What the progress topic holds for a batch: messages and distinct simulations per kind."""
 
     async def read() -> list[dict]:
-        consumer = AIOKafkaConsumer(
-            group.overrides["progress_topic"],
-            bootstrap_servers=group.stack.bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        out: list[dict] = []
-        try:
-            idle = 0
-            while idle < 3:
-                batch = await consumer.getmany(timeout_ms=500)
-                idle = 0 if batch else idle + 1
-                for records in batch.values():
-                    out.extend(json.loads(r.value) for r in records)
-        finally:
-            await consumer.stop()
-        return out
+        settings = load_settings(kafka_bootstrap_servers=group.stack.bootstrap)
+        async with TopicReader(settings) as reader:
+            await reader.from_start(group.overrides["progress_topic"])
+            return [json_value(record) async for record in reader.records()]
 
     messages = [m for m in asyncio.run(read()) if m.get("batch_id") == batch_id]
     kinds = {m["kind"] for m in messages}
@@ -519,7 +506,7 @@ def test_progress_is_live_while_a_burst_larger_than_the_buffer_runs(group: Group
     """A burst much larger than the simulate agent's stream buffer must not starve the progress
     agent: the batch's row follows the deliveries while the burst runs, not only at its end.
 
-    Measured before the fix (simapp/application.py `stream_buffer_size`): one fetch returned
+    Measured before the fix (simapp/worker/application.py `stream_buffer_size`): one fetch returned
     the whole burst, the conductor waited on the full simulate queue for every event and
     fetched nothing else until the burst was nearly all queued; at half delivered the batch
     had no row at all (404). After: the row trails the sink by a few seconds.

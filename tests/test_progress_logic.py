@@ -1,4 +1,4 @@
-"""Unit tests of the pure progress arithmetic (simapp/progress.py): no broker, no Faust."""
+"""Unit tests of the pure progress arithmetic (simapp/observe/progress.py): no broker, no Faust."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from simapp import progress as p
+from simapp.observe import progress as p
 
 
 def msg(kind: str, sim: str, at: float, **kw: object) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simapp.results_doc import append_row, command_args, row
+from simapp.lab.results_doc import append_row, command_args, row
 
 HEADER = "| a | b |\n|---|---|"
 

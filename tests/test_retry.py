@@ -1,4 +1,5 @@
-"""simapp.retry: full-jitter backoff and the one reading of server-advised waits (Retry-After)."""
+"""simapp.limits.retry: full-jitter backoff and the one reading of server-advised waits
+(Retry-After)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from simapp.retry import backoff, duration_seconds, retry_after_seconds
+from simapp.limits.retry import backoff, duration_seconds, retry_after_seconds
 
 
 @pytest.mark.parametrize(

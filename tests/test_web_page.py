@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from simapp.catalogue import make_events
 from simapp.config import load_settings
+from simapp.embedded.catalogue import make_events
 from simapp.embedded.processes import ManagedProcess
 from simapp.embedded.stack import EmbeddedStack, http_text
-from simapp.follow import get_json
-from simapp.producer import encode_event, produce
+from simapp.kafka.producer import encode_event, produce
+from simapp.observe.follow import get_json
 from tests.tools import require_tool
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,8 @@
 """One session on the embedded stack: start it with workers, send a burst, wait, report.
 
-Behind `make run` (simapp/embedded/run.py), `make loadtest` without a broker (simapp/cli.py),
-`make bench` (simapp/bench.py) and `make chaos` (simapp/chaos.py): each adds only what it
+Behind `make run` (simapp/embedded/run.py), `make loadtest` without a broker
+(simapp/commands/loadtest.py), `make bench` (simapp/lab/bench.py) and `make chaos`
+(simapp/lab/chaos.py): each adds only what it
 measures or does to the workers. "Accounted for" means delivered to the sink (unique ids) or
 dead-lettered (the workers' dead_letters_total), so a session can end before a timeout only
 when nothing is missing.
@@ -19,12 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from simapp.catalogue import make_events
 from simapp.config import Settings, load_settings
+from simapp.embedded.catalogue import make_events
 from simapp.embedded.stack import EmbeddedStack, http_json, http_text
-from simapp.follow import bar, print_rows
-from simapp.kafka_admin import ensure_topics
-from simapp.producer import all_topic_names, encode_event, produce
+from simapp.kafka.admin import ensure_topics
+from simapp.kafka.producer import all_topic_names, encode_event, produce
+from simapp.observe.follow import bar, print_rows
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
@@ -91,11 +92,8 @@ class EmbeddedSession:
         self.stack.start()
         # Before any worker subscribes: Tansu auto-creates a missing topic with 4 partitions,
         # which breaks the tables' co-partitioning and each worker's budget share.
-        asyncio.run(
-            ensure_topics(
-                self.stack.bootstrap, all_topic_names(self.settings()), self.stack.partitions
-            )
-        )
+        settings = self.settings()
+        asyncio.run(ensure_topics(settings, all_topic_names(settings)))
         for i in range(workers):
             self.start_worker(i, wait=False)
         self.stack.wait_workers_ready(timeout=ready_timeout)

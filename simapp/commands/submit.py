@@ -1,0 +1,124 @@
+"""`faust -A simapp submit FILE.jsonl`: a file of events as one batch, every line validated
+before anything is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from faust.cli import AppCommand, argument, option
+
+from simapp.commands.base import (
+    ESTIMATE_OPTION,
+    FOLLOW_OPTION,
+    FOLLOW_TIMEOUT_OPTION,
+    WEB_URL_OPTION,
+    SimappCommand,
+    batch_id_problem,
+    default_web_url,
+    follow_batch,
+    new_batch_id,
+    print_estimate,
+)
+from simapp.config import Settings
+from simapp.kafka.producer import encode_event, produce
+from simapp.simulation.schemas import EventDecoder, Rejection
+from simapp.worker.application import app, settings
+
+
+def validate_lines(lines: list[str], s: Settings, batch_id: str) -> tuple[list[dict], list[str]]:
+    """Decode every non-blank line; returns (events with batch id/size set, problems)."""
+    decoder = EventDecoder(s)
+    problems: list[str] = []
+    raw: list[tuple[int, dict]] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        decoded = decoder.decode(line.encode("utf-8", "surrogatepass"))
+        if isinstance(decoded, Rejection):
+            problems.append(f"line {number}: {decoded.reason}: {decoded.detail}")
+            continue
+        if decoded.id in first_line:
+            problems.append(
+                f"line {number}: duplicate_id: id {decoded.id!r} already on line "
+                f"{first_line[decoded.id]} (a batch counts each simulation once)"
+            )
+            continue
+        first_line[decoded.id] = number
+        raw.append((number, json.loads(line)))
+    if not raw and not problems:
+        problems.append("no events in the file")
+    events = []
+    for number, data in raw:
+        data["batch_id"] = batch_id
+        data["batch_size"] = len(raw)
+        again = decoder.decode(json.dumps(data).encode())
+        if isinstance(again, Rejection):  # e.g. an invalid --batch-id
+            problems.append(f"line {number}: {again.reason}: {again.detail}")
+        events.append(data)
+    return events, problems
+
+
+@app.command(
+    argument("file", type=str),
+    option("--batch-id", default=None, help="batch id (default: a new random one)"),
+    FOLLOW_OPTION,
+    WEB_URL_OPTION,
+    ESTIMATE_OPTION,
+    option(
+        "--workers",
+        type=int,
+        default=1,
+        show_default=True,
+        help="workers sharing the load, for --estimate without LLM_GLOBAL_RATE_LIMIT_RPS",
+    ),
+    FOLLOW_TIMEOUT_OPTION,
+    base=SimappCommand,
+)
+async def submit(
+    self: AppCommand,
+    file: str,
+    batch_id: str | None,
+    follow: bool,
+    web_url: str | None,
+    estimate: bool,
+    workers: int,
+    follow_timeout: float,
+) -> int:
+    """Validate every line of FILE.jsonl, then send them all as one batch."""
+    try:
+        text = await asyncio.to_thread(Path(file).read_text, encoding="utf-8")
+        lines = text.splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"cannot read {file}: {exc}", file=sys.stderr)
+        return 2
+    if batch_id and (problem := batch_id_problem(batch_id)):
+        print(problem, file=sys.stderr)
+        return 2
+    batch_id = batch_id or new_batch_id()
+    events, problems = validate_lines(lines, settings, batch_id)
+    if problems:
+        for problem in problems:
+            print(f"{file}: {problem}", file=sys.stderr)
+        print(f"{len(problems)} bad line(s); nothing was sent", file=sys.stderr)
+        return 2
+    if estimate:
+        return await print_estimate(events, settings, max(1, workers))
+    started = time.time()
+    sent = await produce(settings, (encode_event(e) for e in events))
+    print(f"sent {sent} events, batch {batch_id}", flush=True)
+    if sent != len(events):
+        return 1
+    if not follow:
+        return 0
+    return await follow_batch(
+        web_url or default_web_url(settings),
+        batch_id,
+        sent=sent,
+        started=started,
+        limit=follow_timeout,
+    )

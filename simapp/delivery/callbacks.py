@@ -1,0 +1,192 @@
+"""POSTs summaries to their callback URLs, with retries, through one shared aiohttp session.
+
+Every POST carries `Idempotency-Key: <simulation id>` so a receiver can drop the rare repeat
+(at-least-once delivery). Connection errors, timeouts, 408/425/429 and 5xx are retried with
+full-jitter backoff (or the receiver's Retry-After), bounded by attempts and a deadline; any
+other answer is final. A slow receiver only delays its own simulation.
+
+Every hop passes the callback policy. aiohttp's own redirect following is off: a 307/308 is
+followed (at most MAX_REDIRECTS times, the body re-sent) only when its target passes the same
+checks as the event's URL, IP literals included, and host names are resolved through the
+guarded resolver at connect time; 301/302/303 would turn the POST into a GET and are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from yarl import URL
+
+from simapp.config import Settings
+from simapp.delivery.urlpolicy import CallbackPolicy, is_internal_address
+from simapp.limits.retry import backoff, retry_after_seconds
+
+USER_AGENT = "simapp/0.1 (+callback)"
+MAX_REDIRECTS = 3
+RETRY_AFTER_CAP = 60.0
+BACKOFF_CAP = 30.0
+FOLLOWED_REDIRECTS = frozenset({307, 308})  # keep the method and the body
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(slots=True)
+class Delivery:
+    """Outcome of delivering one summary."""
+
+    ok: bool
+    attempts: int
+    status: int | None = None
+    error: str | None = None
+
+
+class GuardedResolver(AbstractResolver):
+    """Refuses host names that resolve to internal addresses (DNS rebinding), unless an
+    allowlist is configured (then the allowlist is the rule)."""
+
+    def __init__(self, policy: CallbackPolicy) -> None:
+        self.policy = policy
+        self.inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict]:
+        infos = await self.inner.resolve(host, port, family)
+        if not self.policy.restricted:
+            for info in infos:
+                if is_internal_address(ipaddress.ip_address(info["host"])):
+                    raise OSError(f"{host} resolves to internal address {info['host']}")
+        return infos
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class _Final(Exception):
+    """A hop that must not be retried (refused redirect, non-retryable status)."""
+
+    def __init__(self, status: int | None, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+class CallbackSender:
+    """Delivers summaries; create once per worker (and `close()` it when done)."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        attempts: int,
+        deadline: float,
+        policy: CallbackPolicy,
+        pool_size: int = 100,
+    ) -> None:
+        self.timeout = timeout
+        self.attempts = attempts
+        self.deadline = deadline
+        self.policy = policy
+        self.pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> CallbackSender:
+        return cls(
+            timeout=s.callback_timeout,
+            attempts=s.callback_retry_attempts,
+            deadline=s.callback_deadline,
+            policy=CallbackPolicy(s.callback_allowed_hosts),
+        )
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self.pool_size, resolver=GuardedResolver(self.policy), ttl_dns_cache=60
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={"User-Agent": USER_AGENT},
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def deliver(self, url: str, simulation_id: str, payload: dict[str, Any]) -> Delivery:
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Idempotency-Key": simulation_id}
+        problem = self.policy.check(url)
+        if problem is not None:  # checked at decode time too; a replay may come from elsewhere
+            return Delivery(False, 0, None, f"callback_url refused: {problem}")
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.deadline
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                status, retry_after = await self._post(url, body, headers)
+            except _Final as final:
+                return Delivery(False, attempt, final.status, final.error)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                status, retry_after = None, None
+                error = f"{type(exc).__name__}: {exc}"[:300]
+            else:
+                if status is None:
+                    return Delivery(True, attempt, 200)
+                error = f"HTTP {status}"
+            if attempt > self.attempts:
+                return Delivery(False, attempt, status, error)
+            delay = (
+                min(RETRY_AFTER_CAP, retry_after)
+                if retry_after is not None
+                else backoff(attempt - 1, 0.5, BACKOFF_CAP)
+            )
+            if loop.time() + delay >= give_up_at:
+                return Delivery(False, attempt, status, f"{error} (deadline reached)")
+            await asyncio.sleep(delay)
+
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int | None, float | None]:
+        """One delivery attempt, following allowed redirects: (None, None) when accepted,
+        (status, Retry-After) when it may be retried; raises _Final when it must not."""
+        target = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            async with self.session.post(
+                target, data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                status = resp.status
+                if 200 <= status < 300:
+                    return None, None
+                if status in REDIRECTS:
+                    target = self._redirect_target(target, status, resp.headers.get("Location"))
+                    continue
+                if status in (408, 425, 429) or status >= 500:
+                    return status, retry_after_seconds(resp.headers)
+                raise _Final(status, f"HTTP {status}")
+        raise _Final(None, f"more than {MAX_REDIRECTS} redirects (last to {target})")
+
+    def _redirect_target(self, current: str, status: int, location: str | None) -> str:
+        if not location:
+            raise _Final(status, f"HTTP {status} redirect without a Location")
+        try:
+            target = str(URL(current).join(URL(location)))
+        except ValueError:
+            raise _Final(
+                status, f"HTTP {status} redirect to a malformed URL {location!r}"
+            ) from None
+        if status not in FOLLOWED_REDIRECTS:
+            raise _Final(status, f"HTTP {status} redirect to {target} not followed (POST only)")
+        problem = self.policy.check(target)
+        if problem is not None:
+            raise _Final(status, f"HTTP {status} redirect to {target} refused: {problem}")
+        return target

@@ -1,0 +1,219 @@
+"""A worker's parts, built from the settings: rate limits, LLM backends, the pipeline.
+
+No Faust app here (agents/wiring.py hands in the topics and the table and connects the
+signals), so tests build the same parts the worker does. Cheap parts exist at once; the
+engine, the LLM client and the callback sender are built on first use inside the worker's
+event loop, where their HTTP sessions must live.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from simapp.config import Settings
+from simapp.delivery.callbacks import CallbackSender
+from simapp.delivery.dead_letters import DeadLetters
+from simapp.limits.breaker import AsyncCircuitBreaker
+from simapp.limits.budgets import DEFAULT_BACKEND, RateLimits
+from simapp.llm.client import Backend, LLMClient, RetryPolicy
+from simapp.llm.errors import is_backend_failure
+from simapp.llm.session import llm_session
+from simapp.observe import metrics
+from simapp.observe.metrics import LLMMetrics
+from simapp.observe.progress import ProgressReporter
+from simapp.simulation.checkpoints import TableStore
+from simapp.simulation.conversation import ConversationEngine
+from simapp.simulation.ledger import RunLedger
+from simapp.simulation.pipeline import Pipeline
+from simapp.simulation.schemas import EventDecoder
+
+log = logging.getLogger(__name__)
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"  # LLM_ROUTE=openai without LLM_BACKEND_URL
+
+
+def load_engine_class(path: str) -> type[ConversationEngine]:
+    """ENGINE_CLASS=module:Class, the engine extension point."""
+    module, _, name = path.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, ConversationEngine)):
+        raise TypeError(f"ENGINE_CLASS {path} is not a ConversationEngine subclass")
+    return cls
+
+
+def rate_limits(s: Settings) -> RateLimits:
+    """The default backend's budget (every model), its model ceilings, and one budget per
+    assistant endpoint (its `rps` is the whole group's: each worker takes its share)."""
+    limits = RateLimits(
+        s.llm_base_rps,
+        tpm=s.llm_tpm_limit,
+        model_rps=s.llm_model_rate_limits,
+        safety_margin=s.llm_rate_safety_margin,
+        shared=s.llm_global_rate_limit_rps is not None,  # the group's limit: take our share
+    )
+    for name, endpoint in s.assistant_endpoints.items():
+        limits.add_backend(name, endpoint.rps, endpoint.tpm, shared=True)
+    return limits
+
+
+class LazySession:
+    """One aiohttp session, created on first use inside the running loop."""
+
+    def __init__(self, factory: Callable[[], aiohttp.ClientSession]) -> None:
+        self._factory = factory
+        self._session: aiohttp.ClientSession | None = None
+
+    def __call__(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = self._factory()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def redactor(*secrets: str | None) -> Callable[[str], str]:
+    """Error texts for summaries and logs, never carrying an API key."""
+    kept = [secret for secret in secrets if secret and len(secret) > 3]
+
+    def redact(text: str) -> str:
+        for secret in kept:
+            text = text.replace(secret, "***")
+        return text
+
+    return redact
+
+
+def breaker_for(name: str, s: Settings, llm_metrics: LLMMetrics) -> AsyncCircuitBreaker:
+    breaker = AsyncCircuitBreaker(
+        name,
+        fail_max=s.breaker_fail_max,
+        reset_timeout=s.breaker_reset_timeout,
+        exclude=lambda exc: not is_backend_failure(exc),
+    )
+    breaker.add_listener(lambda old, new: llm_metrics.breaker_state(name, new))
+    llm_metrics.breaker_state(name, "closed")
+    return breaker
+
+
+def llm_client(s: Settings, limits: RateLimits) -> LLMClient:
+    llm_metrics = LLMMetrics()
+    session = LazySession(lambda: llm_session(limits, s.llm_connection_pool_size))
+    key = s.llm_api_key.get_secret_value() if s.llm_api_key else None
+    name = s.llm_backend_url or "provider-default"
+    if s.direct_llm_route:
+        from simapp.llm.openai_protocol import OpenAIProtocol
+
+        route: Any = OpenAIProtocol(
+            s.llm_backend_url or OPENAI_BASE_URL, key, s.llm_timeout, session
+        )
+        first_call = None
+    else:
+        from simapp.llm.litellm_route import LiteLLMRoute
+
+        route = LiteLLMRoute(
+            s.llm_backend_url, key, s.llm_timeout, s.llm_connection_pool_size, session
+        )
+        first_call = route.first_call
+    backends = {
+        DEFAULT_BACKEND: Backend(
+            DEFAULT_BACKEND, route, breaker_for(name, s, llm_metrics), first_call
+        )
+    }
+    secrets = [key]
+    for endpoint_name, endpoint in s.assistant_endpoints.items():
+        from simapp.llm.openai_protocol import OpenAIProtocol
+
+        endpoint_key = os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
+        if endpoint.api_key_env and not endpoint_key:
+            log.warning(
+                "assistant endpoint %s: %s is not set; its requests carry no API key",
+                endpoint_name,
+                endpoint.api_key_env,
+            )
+        secrets.append(endpoint_key)
+        endpoint_route = OpenAIProtocol(endpoint.base_url, endpoint_key, s.llm_timeout, session)
+        backends[endpoint_name] = Backend(
+            endpoint_name,
+            endpoint_route,
+            breaker_for(f"endpoint:{endpoint_name}", s, llm_metrics),
+        )
+    return LLMClient(
+        limits,
+        backends,
+        RetryPolicy(attempts=s.llm_retry_attempts, backoff_max=s.llm_backoff_max),
+        llm_metrics,
+        redact=redactor(*secrets),
+    )
+
+
+class WorkerParts:
+    """The parts of one worker, built from the settings."""
+
+    def __init__(self, s: Settings, topics: Any, table: Any) -> None:
+        self.settings = s
+        self.topics = topics
+        self.limits = rate_limits(s)
+        self.store = TableStore(table)
+        self.ledger = RunLedger(self.store)
+        self.decoder = EventDecoder(s)
+        self._pipeline: Pipeline | None = None
+
+    def pipeline(self) -> Pipeline:
+        """Built on first use, inside the worker's loop."""
+        if self._pipeline is None:
+            s, t = self.settings, self.topics
+            engine_cls = load_engine_class(s.engine_class)
+            engine = engine_cls(
+                llm_client(s, self.limits),
+                max_iterations_cap=s.max_iterations,
+                timeout=s.conversation_timeout,
+                user_model=s.user_simulator_model,
+                judge_model=s.judge_model,
+                judge_timeout=s.llm_timeout * 2,
+                endpoint_models={name: e.model for name, e in s.assistant_endpoints.items()},
+            )
+            # Lives as long as the worker: closing it while conversations past the shutdown
+            # grace can still finish would turn our own shutdown into callback failures.
+            sender = CallbackSender.from_settings(s)
+            self._pipeline = Pipeline(
+                decoder=self.decoder,
+                ledger=self.ledger,
+                store=self.store,
+                engine=engine,
+                sender=sender,
+                dead_letters=DeadLetters(lambda key, record: t.dlq.send(key=key, value=record)),
+                progress=ProgressReporter(lambda key, value: t.progress.send(key=key, value=value)),
+                send_result=lambda key, value: t.results.send(key=key, value=value),
+                send_event=lambda key, value: t.events.send(key=key, value=value),
+                checkpoint_turns=s.checkpoint_turns,
+            )
+        return self._pipeline
+
+    def share_of(self, assigned: Any) -> float:
+        """This worker's part of the group: owned / total simulation partitions."""
+        owned = sum(1 for tp in assigned if tp.topic == self.settings.kafka_topic)
+        return owned / self.settings.kafka_partitions
+
+    def on_assigned(self, assigned: Any) -> None:
+        """A new assignment: this worker's share of the group's budgets."""
+        share = self.share_of(assigned)
+        self.limits.set_share(share)
+        metrics.budget_rates(self.limits)
+        log.info(
+            "rate budget share %.3f (%d/%d partitions)",
+            share,
+            round(share * self.settings.kafka_partitions),
+            self.settings.kafka_partitions,
+        )
+
+    def on_revoked(self) -> None:
+        """Hold the group's budgets at zero until the new assignment is known."""
+        self.limits.set_share(0.0)
