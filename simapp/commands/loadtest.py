@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faust.cli import AppCommand, option
 
@@ -33,6 +33,9 @@ from simapp.config import Settings
 from simapp.kafka.producer import encode_event, produce
 from simapp.observe import follow as fl
 from simapp.worker.application import app, settings
+
+if TYPE_CHECKING:  # the embedded stack is imported only when a load test starts one
+    from simapp.embedded.session import EmbeddedSession
 
 
 @app.command(
@@ -109,71 +112,94 @@ async def loadtest(
         )
         return await print_estimate(events, settings, max(1, workers))
     use_embedded = embedded if embedded is not None else not broker_configured(settings)
+    if not use_embedded and not callback_url:
+        print("--callback-url is required with a configured broker", file=sys.stderr)
+        return 2
     session = None
     try:
+        target = settings
         if use_embedded:
-            from simapp.embedded.session import EmbeddedSession
-
-            workdir = Path(tempfile.mkdtemp(prefix="simapp-loadtest-"))
-            session = EmbeddedSession(
-                workdir,
-                partitions=settings.kafka_partitions,
-                mock_args=[
-                    "--latency-ms",
-                    str(latency_ms),
-                    "--latency-jitter-ms",
-                    str(latency_ms // 3),
-                ],
-                worker_settings=embedded_worker_settings(settings, rps, concurrency),
-            )
-            print(f"starting the embedded stack in {workdir} ...", flush=True)
-            await asyncio.to_thread(session.start, max(1, workers))
+            session = await start_embedded(workers, latency_ms, rps, concurrency)
             target = session.settings()
             callback_url = callback_url or f"{session.stack.sink_url}/callback"
             web_url = web_url or ",".join(session.worker_url(w) for w in session.stack.workers)
-            print(
-                f"  broker {session.stack.bootstrap}, progress page {fl.split_urls(web_url)[0]}/",
-                flush=True,
-            )
-        else:
-            target = settings
-            web_url = web_url or default_web_url(settings)
-            if not callback_url:
-                print("--callback-url is required with a configured broker", file=sys.stderr)
-                return 2
+            page = fl.split_urls(web_url)[0]
+            print(f"  broker {session.stack.bootstrap}, progress page {page}/", flush=True)
+        assert callback_url is not None
         events = make_batch(count, batch_id, callback_url, model, target, seed, features)
-        started = time.time()
-        producing = asyncio.create_task(
-            produce(target, (encode_event(e) for e in events), rate=rate)
-        )
+        run = Run(target, events, batch_id, rate, session)
         if not follow:
-            sent = await producing
-            print(f"sent {sent} events, batch {batch_id}")
-            return 0 if sent == count else 1
-        print(f"sending {count} events, batch {batch_id}", flush=True)
-
-        def should_stop() -> str | None:
-            if producing.done() and not producing.cancelled() and producing.exception():
-                return f"sending failed: {producing.exception()!r}"
-            if session is not None and not all(w.alive() for w in session.stack.workers):
-                return f"a worker died; logs in {session.stack.log_dir}"
-            return None
-
-        code = await follow_batch(
-            web_url,
-            batch_id,
-            sent=count,
-            started=started,
-            limit=follow_timeout,
-            should_stop=should_stop,
-        )
-        sent = await producing
-        return code if sent == count else 1
+            return await run.send()
+        return await run.send_and_follow(web_url or default_web_url(settings), follow_timeout)
     finally:
         if session is not None:
             print("stopping the embedded stack ...", flush=True)
             await asyncio.to_thread(session.stop)
             print(f"logs: {session.stack.log_dir}")
+
+
+async def start_embedded(
+    workers: int, latency_ms: int, rps: float | None, concurrency: int | None
+) -> EmbeddedSession:
+    """Tansu, the mock LLM (latency ± a third), the sink and `workers` workers."""
+    from simapp.embedded.session import EmbeddedSession
+
+    workdir = Path(tempfile.mkdtemp(prefix="simapp-loadtest-"))
+    session = EmbeddedSession(
+        workdir,
+        partitions=settings.kafka_partitions,
+        mock_args=["--latency-ms", str(latency_ms), "--latency-jitter-ms", str(latency_ms // 3)],
+        worker_settings=embedded_worker_settings(settings, rps, concurrency),
+    )
+    print(f"starting the embedded stack in {workdir} ...", flush=True)
+    await asyncio.to_thread(session.start, max(1, workers))
+    return session
+
+
+class Run:
+    """One load-test batch being sent (and followed)."""
+
+    def __init__(
+        self,
+        target: Settings,
+        events: list[dict],
+        batch_id: str,
+        rate: float | None,
+        session: EmbeddedSession | None,
+    ) -> None:
+        self.count = len(events)
+        self.batch_id = batch_id
+        self.session = session
+        self.started = time.time()
+        records = (encode_event(e) for e in events)
+        self.producing = asyncio.create_task(produce(target, records, rate=rate))
+
+    async def send(self) -> int:
+        sent = await self.producing
+        print(f"sent {sent} events, batch {self.batch_id}")
+        return 0 if sent == self.count else 1
+
+    async def send_and_follow(self, web_url: str, limit: float) -> int:
+        print(f"sending {self.count} events, batch {self.batch_id}", flush=True)
+        code = await follow_batch(
+            web_url,
+            self.batch_id,
+            sent=self.count,
+            started=self.started,
+            limit=limit,
+            should_stop=self.should_stop,
+        )
+        sent = await self.producing
+        return code if sent == self.count else 1
+
+    def should_stop(self) -> str | None:
+        producing = self.producing
+        if producing.done() and not producing.cancelled() and producing.exception():
+            return f"sending failed: {producing.exception()!r}"
+        session = self.session
+        if session is not None and not all(w.alive() for w in session.stack.workers):
+            return f"a worker died; logs in {session.stack.log_dir}"
+        return None
 
 
 def embedded_worker_settings(

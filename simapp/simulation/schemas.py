@@ -248,6 +248,22 @@ class EventDecoder:
             return Rejection("invalid_event", f"decoder error: {type(exc).__name__}")
 
     def _decode(self, raw: bytes | str | None) -> SimulationEvent | Rejection:
+        data = self._parse(raw)
+        if isinstance(data, Rejection):
+            return data
+        sim_id, batch = _peek(data, "id"), _peek(data, "batch_id")
+        try:
+            event = SimulationEvent.model_validate(data)
+        except ValidationError as exc:
+            return Rejection("invalid_field", _field_errors(exc)[:2_000], sim_id, batch)
+        problem = self._problem(event)
+        if problem is not None:
+            reason, detail = problem
+            return Rejection(reason, detail, sim_id, batch)
+        return event
+
+    def _parse(self, raw: bytes | str | None) -> dict[str, Any] | Rejection:
+        """The event's JSON object, within the size limit."""
         if raw is None:
             return Rejection("empty", "message has no value")
         if isinstance(raw, str):
@@ -262,47 +278,35 @@ class EventDecoder:
             return Rejection(
                 "not_object", f"event must be a JSON object, got {type(data).__name__}"
             )
-        sim_id, batch = _peek(data, "id"), _peek(data, "batch_id")
-        try:
-            event = SimulationEvent.model_validate(data)
-        except ValidationError as exc:
-            return Rejection("invalid_field", _field_errors(exc)[:2_000], sim_id, batch)
+        return data
+
+    def _problem(self, event: SimulationEvent) -> tuple[str, str] | None:
+        """(reason, detail) when a valid event breaks this worker's rules, else None."""
         if event.max_iterations > self.max_iterations:
-            return Rejection(
+            return (
                 "invalid_field",
                 f"max_iterations: must be between 1 and MAX_ITERATIONS={self.max_iterations}, "
                 f"got {event.max_iterations}",
-                sim_id,
-                batch,
             )
         if event.min_iterations is not None and event.min_iterations > event.max_iterations:
-            return Rejection(
+            return (
                 "invalid_field",
                 f"min_iterations: must not exceed max_iterations ({event.max_iterations}), "
                 f"got {event.min_iterations}",
-                sim_id,
-                batch,
             )
         endpoint = event.assistant.endpoint if event.assistant else None
         if endpoint is not None and endpoint not in self.endpoints:
             known = ", ".join(sorted(self.endpoints)) or "none"
-            return Rejection(
+            return (
                 "invalid_field",
                 f"assistant.endpoint: {endpoint!r} is not a configured endpoint "
                 f"(ASSISTANT_ENDPOINTS: {known})",
-                sim_id,
-                batch,
             )
         if self.allowed_models:
             for name, model in event.named_models().items():
                 if model not in self.allowed_models:
-                    return Rejection(
-                        "unknown_model",
-                        f"{name} {model!r} is not in ALLOWED_MODELS",
-                        sim_id,
-                        batch,
-                    )
+                    return ("unknown_model", f"{name} {model!r} is not in ALLOWED_MODELS")
         problem = self.callback_policy.check(event.callback_url)
         if problem is not None:
-            return Rejection("forbidden_callback", f"callback_url: {problem}", sim_id, batch)
-        return event
+            return ("forbidden_callback", f"callback_url: {problem}")
+        return None
