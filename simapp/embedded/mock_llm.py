@@ -425,86 +425,87 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         state.in_flight -= 1
 
 
-async def _admitted_response(
-    request: web.Request, state: MockState, payload: Any, model: Any
-) -> web.StreamResponse:
+def _error(
+    state: MockState, status: int, message: str, err_type: str, code: str | None
+) -> web.Response:
+    """An OpenAI-shaped error response, counted."""
+    return _json_response(state, status, _openai_error(message, err_type, code))
+
+
+def _decide_outcome(state: MockState) -> str:
+    """The injected fault this request gets ("fail", "error", "hang"), or "ok". Decided before
+    the latency, so that a config change during the latency cannot mix two configs."""
     cfg = state.config
-    # Decide fault outcomes up front so runtime config changes mid-latency don't mix.
-    outcome = "ok"
     if cfg.fail_next > 0:
         cfg.fail_next -= 1
-        outcome = "fail"
-    elif cfg.error_rate > 0 and state.rng.random() < cfg.error_rate:
-        outcome = "error"
-    elif cfg.hang_rate > 0 and state.rng.random() < cfg.hang_rate:
-        outcome = "hang"
+        return "fail"
+    if cfg.error_rate > 0 and state.rng.random() < cfg.error_rate:
+        return "error"
+    if cfg.hang_rate > 0 and state.rng.random() < cfg.hang_rate:
+        return "hang"
+    return "ok"
 
+
+async def _latency(state: MockState) -> None:
+    """The configured latency, ± its jitter."""
+    cfg = state.config
     delay_ms = state.rng.uniform(
         cfg.latency_ms - cfg.latency_jitter_ms, cfg.latency_ms + cfg.latency_jitter_ms
     )
     if delay_ms > 0:
         await asyncio.sleep(delay_ms / 1000.0)
 
+
+def _rejection(
+    request: web.Request, state: MockState, payload: Any, model: Any
+) -> web.Response | None:
+    """The 401, 400 or 404 OpenAI answers before it reads the prompt, in its order; None if
+    the request is well formed, authorised and for a known model."""
+    cfg = state.config
     if cfg.api_key is not None:
         auth = request.headers.get("Authorization", "")
         if auth != f"Bearer {cfg.api_key}":
-            return _json_response(
-                state,
-                401,
-                _openai_error(
-                    "Incorrect API key provided.", "authentication_error", "invalid_api_key"
-                ),
+            return _error(
+                state, 401, "Incorrect API key provided.", "authentication_error", "invalid_api_key"
             )
+    invalid = "invalid_request_error"
     if not isinstance(payload, dict):
-        return _json_response(
-            state,
-            400,
-            _openai_error("Request body must be a JSON object.", "invalid_request_error", None),
-        )
+        return _error(state, 400, "Request body must be a JSON object.", invalid, None)
     messages = payload.get("messages")
     if not isinstance(model, str) or not model:
-        return _json_response(
-            state,
-            400,
-            _openai_error("You must provide a model parameter.", "invalid_request_error", None),
-        )
+        return _error(state, 400, "You must provide a model parameter.", invalid, None)
     if (
         not isinstance(messages, list)
         or not messages
         or not all(isinstance(m, dict) for m in messages)
     ):
-        return _json_response(
-            state,
-            400,
-            _openai_error(
-                "'messages' must be a non-empty array of objects.", "invalid_request_error", None
-            ),
-        )
+        return _error(state, 400, "'messages' must be a non-empty array of objects.", invalid, None)
     if model in cfg.unknown_models:
-        return _json_response(
-            state,
-            404,
-            _openai_error(
-                f"The model `{model}` does not exist", "invalid_request_error", "model_not_found"
-            ),
-        )
-    prompt_tokens = max(1, sum(_word_count(_content_text(m.get("content"))) for m in messages))
-    if cfg.context_window_tokens and prompt_tokens > cfg.context_window_tokens:
-        return _json_response(
-            state,
-            400,
-            _openai_error(
-                f"This model's maximum context length is {cfg.context_window_tokens} tokens. "
-                f"However, your messages resulted in {prompt_tokens} tokens.",
-                "invalid_request_error",
-                "context_length_exceeded",
-            ),
-        )
+        return _error(state, 404, f"The model `{model}` does not exist", invalid, "model_not_found")
+    return None
+
+
+def _context_exceeded(state: MockState, prompt_tokens: int) -> web.Response | None:
+    """OpenAI's 400 for a prompt longer than the configured context window, if it is."""
+    window = state.config.context_window_tokens
+    if not window or prompt_tokens <= window:
+        return None
+    return _error(
+        state,
+        400,
+        f"This model's maximum context length is {window} tokens. "
+        f"However, your messages resulted in {prompt_tokens} tokens.",
+        "invalid_request_error",
+        "context_length_exceeded",
+    )
+
+
+async def _fault(request: web.Request, state: MockState, outcome: str) -> web.Response:
+    """The injected fault: a 500 ("fail"), 500 and 503 in turn ("error"), or no answer until
+    the client gives up ("hang")."""
     if outcome == "fail":
-        return _json_response(
-            state,
-            500,
-            _openai_error("The server had an error processing your request.", "server_error", None),
+        return _error(
+            state, 500, "The server had an error processing your request.", "server_error", None
         )
     if outcome == "error":
         state.error_toggle ^= 1
@@ -514,22 +515,30 @@ async def _admitted_response(
             if status == 500
             else ("The engine is currently overloaded, please try again later.")
         )
-        return _json_response(state, status, _openai_error(msg, "server_error", None))
-    if outcome == "hang":
-        state.hung += 1
-        await _hang(request, state)
-        # Client is gone (or we are stopping); any answer is best-effort.
-        return web.Response(status=503, text="hung")
+        return _error(state, status, msg, "server_error", None)
+    state.hung += 1
+    await _hang(request, state)
+    # Client is gone (or we are stopping); any answer is best-effort.
+    return web.Response(status=503, text="hung")
 
+
+def _reply(state: MockState, model: str, messages: list[dict[str, Any]]) -> str:
+    """The canned reply, unless the model is the garbage judge or an empty reply is due."""
+    cfg = state.config
     reply = generate_reply(messages)
     if model == JUDGE_GARBAGE_MODEL:
         reply = "I think the conversation went fine overall."
     elif cfg.empty_user_replies and STOP_MARKER_RE.search(_system_text(messages)):
         cfg.empty_user_replies -= 1
         reply = ""
+    return reply
+
+
+def _completion(state: MockState, model: str, reply: str, prompt_tokens: int) -> dict[str, Any]:
+    """A chat.completion body with `reply` and word-count usage."""
     completion_tokens = max(1, _word_count(reply)) if reply else 0
     state.completion_seq += 1
-    body = {
+    return {
         "id": f"chatcmpl-mock-{state.completion_seq:08d}-{_crc(reply):08x}",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -547,7 +556,27 @@ async def _admitted_response(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
-    return _json_response(state, 200, body)
+
+
+async def _admitted_response(
+    request: web.Request, state: MockState, payload: Any, model: Any
+) -> web.StreamResponse:
+    """An admitted request: its fault decided, the latency, OpenAI's checks, then the fault
+    or a canned reply."""
+    outcome = _decide_outcome(state)
+    await _latency(state)
+    rejected = _rejection(request, state, payload, model)
+    if rejected is not None:
+        return rejected
+    messages: list[dict[str, Any]] = payload["messages"]
+    prompt_tokens = max(1, sum(_word_count(_content_text(m.get("content"))) for m in messages))
+    rejected = _context_exceeded(state, prompt_tokens)
+    if rejected is not None:
+        return rejected
+    if outcome != "ok":
+        return await _fault(request, state, outcome)
+    reply = _reply(state, model, messages)
+    return _json_response(state, 200, _completion(state, model, reply, prompt_tokens))
 
 
 async def stats(request: web.Request) -> web.Response:

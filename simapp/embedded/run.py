@@ -22,8 +22,8 @@ from simapp.embedded.session import EmbeddedSession, print_report
 ENDPOINT = "acme-support"  # served by a second mock: the "user's own chatbot" of the demo
 
 
-def run(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="simapp-run-"))
+def make_session(args: argparse.Namespace, workdir: Path) -> EmbeddedSession:
+    """The embedded session the options describe (the demo endpoint only with --features)."""
     mock_args = ["--latency-ms", str(args.latency_ms), "--latency-jitter-ms", str(args.jitter_ms)]
     if args.mock_rps_limit:
         mock_args += ["--rps-limit", str(args.mock_rps_limit)]
@@ -33,13 +33,58 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.global_rps:
         worker_settings["llm_global_rate_limit_rps"] = args.global_rps
-    session = EmbeddedSession(
+    return EmbeddedSession(
         workdir,
         partitions=args.partitions,
         mock_args=mock_args,
         worker_settings=worker_settings,
         endpoint=ENDPOINT if args.features else None,
     )
+
+
+def print_stack(session: EmbeddedSession, workers: int) -> None:
+    """Where each part of the stack listens, so that a user can look while it runs."""
+    stack = session.stack
+    print(f"  tansu {stack.bootstrap}  mock-llm {stack.mock_url}  sink {stack.sink_url}")
+    print(
+        f"  {workers} worker(s) up: "
+        + ", ".join(f"{session.worker_url(w)}/" for w in stack.workers),
+        flush=True,
+    )
+
+
+def send_and_wait(session: EmbeddedSession, args: argparse.Namespace) -> dict[str, Any]:
+    """The burst, sent and followed until every event is accounted for; the session's report."""
+    events = session.events(
+        args.count,
+        model=args.model,
+        batch_id=args.batch_id,
+        seed=args.seed,
+        features=args.features,
+    )
+    started = time.monotonic()
+    sent = session.send(events)
+    print(f"sent {sent} events (batch {events[0]['batch_id'] if events else '-'})", flush=True)
+    session.wait_accounted(sent, started, args.timeout, every=args.progress_every)
+    return session.report(sent, time.monotonic() - started)
+
+
+def print_judged_example(items: list[dict[str, Any]]) -> None:
+    """One delivered summary with a judge's evaluation, if any, to show what a caller gets."""
+    example = next((i for i in items if i.get("evaluation")), None)
+    if example is None:
+        return
+    shown = {k: example[k] for k in ("simulation_id", "end_reason", "evaluation")}
+    shown["usage"] = {"llm_calls": example["usage"]["llm_calls"],
+                      "by_role": example["usage"]["by_role"]}  # fmt: skip
+    print("a delivered summary with a judge's evaluation:")
+    print(json.dumps(shown, indent=2))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start, send, wait, report, tear down (also on Ctrl-C or SIGTERM); 0 if all delivered."""
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="simapp-run-"))
+    session = make_session(args, workdir)
 
     def on_signal(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -48,33 +93,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"starting the embedded stack in {workdir} ...", flush=True)
         session.start(args.workers)
-        stack = session.stack
-        print(f"  tansu {stack.bootstrap}  mock-llm {stack.mock_url}  sink {stack.sink_url}")
-        print(
-            f"  {args.workers} worker(s) up: "
-            + ", ".join(f"{session.worker_url(w)}/" for w in stack.workers),
-            flush=True,
-        )
-        events = session.events(
-            args.count,
-            model=args.model,
-            batch_id=args.batch_id,
-            seed=args.seed,
-            features=args.features,
-        )
-        started = time.monotonic()
-        sent = session.send(events)
-        print(f"sent {sent} events (batch {events[0]['batch_id'] if events else '-'})", flush=True)
-        session.wait_accounted(sent, started, args.timeout, every=args.progress_every)
-        report = session.report(sent, time.monotonic() - started)
+        print_stack(session, args.workers)
+        report = send_and_wait(session, args)
         ok = print_report(report, "simapp run report")
-        example = next((i for i in stack.sink_items() if i.get("evaluation")), None)
-        if example is not None:
-            shown = {k: example[k] for k in ("simulation_id", "end_reason", "evaluation")}
-            shown["usage"] = {"llm_calls": example["usage"]["llm_calls"],
-                              "by_role": example["usage"]["by_role"]}  # fmt: skip
-            print("a delivered summary with a judge's evaluation:")
-            print(json.dumps(shown, indent=2))
+        print_judged_example(session.stack.sink_items())
         (workdir / "report.json").write_text(json.dumps(report, indent=2))
         return 0 if ok else 1
     except KeyboardInterrupt:

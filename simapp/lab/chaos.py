@@ -136,9 +136,9 @@ def _restart(session: EmbeddedSession, index: int, log: list[str]) -> None:
 # --------------------------------------------------------------------------- a run
 
 
-def run_burst(args: argparse.Namespace, faults: list[Fault], label: str) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix=f"simapp-chaos-{label}-"))
-    session = EmbeddedSession(
+def chaos_session(args: argparse.Namespace, workdir: Path) -> EmbeddedSession:
+    """The session of one burst: WORKERS workers sharing a budget of RPS, logging at INFO."""
+    return EmbeddedSession(
         workdir,
         partitions=args.partitions,
         mock_args=[
@@ -156,6 +156,62 @@ def run_burst(args: argparse.Namespace, faults: list[Fault], label: str) -> dict
             "log_level": "INFO",
         },
     )
+
+
+def fire_faults(
+    session: EmbeddedSession,
+    faults: list[Fault],
+    log: list[str],
+    delivered: int,
+    sent: int,
+    label: str,
+) -> None:
+    """Every fault whose share of the burst has been delivered, once."""
+    share = delivered / sent if sent else 1.0
+    for fault in faults:
+        if not fault.done and share >= fault.at:
+            fault.done = True
+            print(f"[{label}] {delivered}/{sent} delivered: {fault.name}", flush=True)
+            fault.action(session, log)
+
+
+def follow(
+    session: EmbeddedSession,
+    args: argparse.Namespace,
+    faults: list[Fault],
+    log: list[str],
+    label: str,
+    ids: set[str],
+    sent: int,
+    deadline: float,
+) -> None:
+    """Until every event is accounted for and every fault (and its timers) has happened, or
+    the deadline: fire the faults as the burst reaches them, print progress every so often."""
+    next_print = last_change = last_dlq = 0.0
+    last_delivered = -1
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        delivered = session.delivered()
+        fire_faults(session, faults, log, delivered, sent, label)
+        _run_due_timers()
+        if now >= next_print:
+            print(f"[{label}] {delivered}/{sent} delivered", flush=True)
+            next_print = now + args.progress_every
+        if delivered != last_delivered:
+            last_delivered, last_change = delivered, now
+        finished = delivered >= sent
+        if not finished and now - last_change > 10 and now - last_dlq > 10:
+            last_dlq = now  # stalled: are the rest dead letters? (killed workers' counters
+            finished = len(accounted_ids(session, ids)) >= sent  # are gone: read the topic)
+        if finished and not _timers and all(f.done for f in faults):
+            break
+        time.sleep(0.5)
+
+
+def run_burst(args: argparse.Namespace, faults: list[Fault], label: str) -> dict[str, Any]:
+    """One session: start it, send the burst, follow it through `faults`, account for it."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"simapp-chaos-{label}-"))
+    session = chaos_session(args, workdir)
     log: list[str] = []
     _timers.clear()
     try:
@@ -166,31 +222,7 @@ def run_burst(args: argparse.Namespace, faults: list[Fault], label: str) -> dict
         ids = {e["id"] for e in events}
         started = time.monotonic()
         sent = session.send(events)
-        deadline = started + args.timeout
-        next_print = last_change = last_dlq = 0.0
-        last_delivered = -1
-        while time.monotonic() < deadline:
-            now = time.monotonic()
-            delivered = session.delivered()
-            share = delivered / sent if sent else 1.0
-            for fault in faults:
-                if not fault.done and share >= fault.at:
-                    fault.done = True
-                    print(f"[{label}] {delivered}/{sent} delivered: {fault.name}", flush=True)
-                    fault.action(session, log)
-            _run_due_timers()
-            if now >= next_print:
-                print(f"[{label}] {delivered}/{sent} delivered", flush=True)
-                next_print = now + args.progress_every
-            if delivered != last_delivered:
-                last_delivered, last_change = delivered, now
-            finished = delivered >= sent
-            if not finished and now - last_change > 10 and now - last_dlq > 10:
-                last_dlq = now  # stalled: are the rest dead letters? (killed workers' counters
-                finished = len(accounted_ids(session, ids)) >= sent  # are gone: read the topic)
-            if finished and not _timers and all(f.done for f in faults):
-                break
-            time.sleep(0.5)
+        follow(session, args, faults, log, label, ids, sent, started + args.timeout)
         wall = time.monotonic() - started
         return account(session, ids, sent, wall, log, workdir)
     finally:
@@ -247,6 +279,7 @@ def account(
 
 
 def doc_row(r: dict[str, Any]) -> str:
+    """The run's row under TABLE_HEADER in docs/reliability.md."""
     c = r["config"]
     dead = ", ".join(f"{k} {n}" for k, n in sorted(r["dead_lettered"].items())) or "none"
     if r.get("delivered_and_dead_lettered"):
@@ -274,6 +307,7 @@ def doc_row(r: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options, with the argv kept for the command column."""
     p = argparse.ArgumentParser(
         prog="python -m simapp.lab.chaos",
         description=__doc__.splitlines()[0],
@@ -307,6 +341,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The baseline, the chaos run, the JSON, the row; 1 if anything is missing."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "simapp.lab.chaos", *results_doc.command_args(argv)])
