@@ -1,5 +1,7 @@
 """The simulate agent: consumes simulation events with CONCURRENT_CONVERSATIONS actors.
 
+CONCURRENT_CONVERSATIONS is the ceiling; how many conversations run is the worker's
+conversation slots' target (simapp/limits/concurrency.py), the others wait at its door.
 A thin Faust loop: every event goes to the worker's Pipeline, which never raises. The event
 is acked when the body returns, i.e. after its summary was delivered or dead-lettered; the
 committer never commits past an event that is still running, or that an actor gave up on
@@ -15,6 +17,7 @@ from simapp.agents.wiring import parts
 
 from simapp.delivery.dead_letters import Source
 from simapp.observe import metrics
+from simapp.simulation.pipeline import DEFERRED
 from simapp.worker.application import app, settings, topics
 
 LAG_SAMPLE_SECONDS = 5.0
@@ -27,15 +30,22 @@ async def simulate(stream: Any) -> None:
         message = event.message
         source = Source(message.topic, message.partition, message.offset)
         try:
-            await pipeline.handle(event.value, source, event.key)
+            outcome = await pipeline.handle(event.value, source, event.key)
         except asyncio.CancelledError:
             # Stopped mid-event (shutdown past its grace): Faust's stream acks the event in
             # its `finally` anyway, which would let the commit pass a simulation that never
             # ended. The ledger keeps it unfinished, so it is redelivered and resumes.
-            abandon = getattr(app.consumer, "abandon", None)
-            if abandon is not None:
-                abandon(message)
+            abandon(message)
             raise
+        if outcome == DEFERRED:  # handed back unstarted at the conversation slots' door
+            abandon(message)
+
+
+def abandon(message: Any) -> None:
+    """Tell the committer this event is not done, whatever Faust's ack says."""
+    give_up = getattr(app.consumer, "abandon", None)
+    if give_up is not None:
+        give_up(message)
 
 
 @app.timer(LAG_SAMPLE_SECONDS)

@@ -14,6 +14,7 @@ from simapp.worker.application import app, settings, topics
 from simapp.worker.parts import WorkerParts
 
 parts = WorkerParts(settings, topics, simulations)
+app.flow_listeners.append(parts.slots.on_flow)  # the slots' door closes with the flow
 
 
 @app.on_partitions_revoked.connect

@@ -76,7 +76,13 @@ class Settings(BaseSettings):
     commit_interval: float = Field(2.0, gt=0, le=60)
 
     # --- Consumer (seed) ---
-    concurrent_conversations: int = Field(20, ge=1, le=10_000)
+    concurrent_conversations: int = Field(
+        1000,
+        ge=1,
+        le=10_000,
+        description="the most conversations a worker runs at once (the ceiling; how many run "
+        "is sized from the budget and the measured latency, simapp/limits/concurrency.py)",
+    )
     llm_rate_limit_rps: float = Field(10, gt=0)
     max_iterations: int = Field(10, ge=1, le=1000)
     conversation_timeout: float = Field(300, gt=0)
@@ -91,7 +97,13 @@ class Settings(BaseSettings):
     llm_backend_url: str | None = None
     llm_timeout: float = Field(30, gt=0)
     llm_retry_attempts: int = Field(3, ge=0, le=20)
-    llm_connection_pool_size: int = Field(50, ge=1, le=100_000)
+    llm_connection_pool_size: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="sockets to LLM backends; unset = CONCURRENT_CONVERSATIONS (a conversation "
+        "has at most one call in flight); set lower, it also caps the conversations",
+    )
     llm_api_key: SecretStr | None = None
     # --- LLM client (ours) ---
     llm_route: LLMRoute = Field(
@@ -109,7 +121,9 @@ class Settings(BaseSettings):
     llm_tpm_limit: int | None = Field(None, gt=0)
     llm_rate_safety_margin: float = Field(0.05, ge=0, lt=0.5)
     llm_expected_latency: float = Field(
-        1.0, gt=0, description="typical provider latency (s), used to check sizing at start-up"
+        1.0,
+        gt=0,
+        description="a call's latency (s) assumed until the first calls are measured",
     )
     llm_backoff_max: float = Field(16.0, gt=0)
     breaker_fail_max: int = Field(5, ge=1)
@@ -196,31 +210,19 @@ class Settings(BaseSettings):
         return self.llm_route is LLMRoute.openai
 
     @property
+    def llm_pool_size(self) -> int:
+        """Sockets the LLM session may open: one per conversation unless capped."""
+        return self.llm_connection_pool_size or self.concurrent_conversations
+
+    @property
+    def conversation_ceiling(self) -> int:
+        """The most conversations a worker runs: a call never waits for a socket."""
+        return min(self.concurrent_conversations, self.llm_pool_size)
+
+    @property
     def llm_base_rps(self) -> float:
         """The request budget before this worker's share: the group's, or the instance's."""
         return self.llm_global_rate_limit_rps or self.llm_rate_limit_rps
-
-
-def sizing_warnings(settings: Settings, workers_hint: int = 1) -> list[str]:
-    """Little's law: to keep R requests/s going at latency L, about R x L calls must be in
-    flight. Each conversation has at most one call in flight, and each call needs a socket."""
-    rate = settings.llm_rate_limit_rps
-    if settings.llm_global_rate_limit_rps:
-        rate = settings.llm_global_rate_limit_rps / max(1, workers_hint)
-    needed = rate * settings.llm_expected_latency
-    warnings = []
-    if settings.concurrent_conversations < needed:
-        warnings.append(
-            f"CONCURRENT_CONVERSATIONS={settings.concurrent_conversations} cannot reach "
-            f"{rate:g} requests/s at {settings.llm_expected_latency:g}s latency: about "
-            f"{needed:.0f} conversations must be in flight (rate x latency)"
-        )
-    if settings.llm_connection_pool_size < min(settings.concurrent_conversations, needed):
-        warnings.append(
-            f"LLM_CONNECTION_POOL_SIZE={settings.llm_connection_pool_size} is below the "
-            f"{min(settings.concurrent_conversations, needed):.0f} calls that will be in flight"
-        )
-    return warnings
 
 
 class SettingsError(SystemExit):

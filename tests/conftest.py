@@ -77,6 +77,7 @@ class WorkerFactory:
     def start(self, wait: bool = True, **overrides: object):  # noqa: ANN201
         params = {**self.ns.overrides(), "concurrent_conversations": 20, "llm_rate_limit_rps": 200}
         params.update(overrides)
+        params = {k: v for k, v in params.items() if v is not None}  # None: the default
         worker = self.stack.start_worker(wait=wait, **params)
         self.started.append(worker)
         return worker

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simapp.config import SettingsError, load_settings, sizing_warnings
+from simapp.config import SettingsError, load_settings
 
 
 def test_seed_defaults(monkeypatch):
@@ -42,17 +42,11 @@ def test_env_lists_and_model_limits(monkeypatch):
         load_settings(_env_file=None)
 
 
-def test_sizing_warnings_follow_littles_law():
-    ok = load_settings(
-        _env_file=None,
-        llm_rate_limit_rps=50,
-        concurrent_conversations=100,
-        llm_connection_pool_size=100,
-        llm_expected_latency=1.0,
+def test_the_pool_follows_the_ceiling_unless_capped():
+    default = load_settings(_env_file=None)
+    assert default.llm_pool_size == default.concurrent_conversations
+    assert default.conversation_ceiling == default.concurrent_conversations
+    capped = load_settings(
+        _env_file=None, concurrent_conversations=500, llm_connection_pool_size=50
     )
-    assert sizing_warnings(ok) == []
-    low = load_settings(
-        _env_file=None, llm_rate_limit_rps=50, concurrent_conversations=20, llm_expected_latency=1.0
-    )
-    (warning,) = sizing_warnings(low)
-    assert "CONCURRENT_CONVERSATIONS=20" in warning and "50" in warning
+    assert (capped.llm_pool_size, capped.conversation_ceiling) == (50, 50)

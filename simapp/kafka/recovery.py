@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -91,12 +91,30 @@ class FailLoudTableManager(TableManager):
 
 
 class LedgerFlowControl(FlowControlEvent):
-    """The app's flow control, telling the consumer when Faust empties the stream queues:
-    records that were in them are lost to the actors and must be fetched again."""
+    """The app's flow control, telling the consumer when Faust empties the stream queues
+    (records that were in them are lost to the actors and must be fetched again), and its
+    listeners (the app's `flow_listeners`, called with is_active()) when the flow of events
+    stops and resumes (a rebalance, a shutdown)."""
 
     def __init__(self, app: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._app = app
+
+    def suspend(self) -> None:
+        super().suspend()
+        self._tell(False)
+
+    def resume(self) -> None:
+        super().resume()
+        self._tell(True)
+
+    def _tell(self, active: bool) -> None:
+        listeners: list[Callable[[bool], None]] = getattr(self._app, "flow_listeners", [])
+        for listener in listeners:
+            try:
+                listener(active)
+            except Exception:  # a listener's bug must not stop a rebalance
+                log.exception("flow control listener failed")
 
     def clear(self) -> None:
         lost = sum(queue.qsize() for queue in self._queues)

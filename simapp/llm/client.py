@@ -61,6 +61,14 @@ class Backend:
     first_call: Any = None  # LiteLLM's FirstCallGate; None on the direct route
 
 
+class CallObserver(Protocol):
+    """Told of every successful call (simapp.limits.concurrency.ConversationSlots)."""
+
+    def call_done(
+        self, budgets: Sequence[Budget], entered: float, sent: float, done: float
+    ) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     attempts: int  # retries after the first try, for retryable failures
@@ -77,12 +85,14 @@ class LLMClient:
         retry: RetryPolicy,
         metrics: LLMMetrics,
         redact: Callable[[str], str] = lambda text: text,
+        observer: CallObserver | None = None,
     ) -> None:
         self.limits = limits
         self.backends = backends
         self.retry = retry
         self.metrics = metrics
         self._redact = redact
+        self.observer = observer
 
     async def close(self) -> None:
         """Close the backends' sessions (tests; a worker keeps its client to the end)."""
@@ -100,6 +110,7 @@ class LLMClient:
         endpoint: str | None = None,
     ) -> Completion:
         """One chat completion with our retries; raises LLMError when it cannot succeed."""
+        entered = time.monotonic()
         backend = self.backends[endpoint or DEFAULT_BACKEND]
         budgets = self.limits.for_call(model, backend.name)
         estimate = estimate_tokens(messages, max_tokens)
@@ -107,7 +118,7 @@ class LLMClient:
         attempt = rate_limited = 0
         while True:
             try:
-                reply = await self._attempt(
+                reply, sent = await self._attempt(
                     backend, model, messages, budgets, estimate, temperature, max_tokens
                 )
             except ProviderError as exc:
@@ -135,6 +146,8 @@ class LLMClient:
             self.metrics.llm_tokens(
                 model, reply.prompt_tokens, reply.completion_tokens, reply.cost_usd
             )
+            if self.observer is not None:
+                self.observer.call_done(budgets, entered, sent, time.monotonic())
             return reply
 
     async def _attempt(
@@ -146,7 +159,8 @@ class LLMClient:
         estimate: int,
         temperature: float | None,
         max_tokens: int | None,
-    ) -> Completion:
+    ) -> tuple[Completion, float]:
+        """One try: the reply, and when (time.monotonic()) its request went out."""
         release = await backend.first_call.enter() if backend.first_call is not None else None
         try:
             while True:
@@ -162,6 +176,7 @@ class LLMClient:
                     self.metrics.llm_error(model, "breaker_open")
                     continue  # the slot is spent unused: conservative, never a burst
                 break
+            sent = time.monotonic()
             started = time.perf_counter()
             try:
                 reply = await backend.route.send(
@@ -176,7 +191,7 @@ class LLMClient:
                 release()
         self.metrics.llm_call(model, time.perf_counter() - started)
         self.limits.record_tokens(budgets, reply.prompt_tokens + reply.completion_tokens)
-        return reply
+        return reply, sent
 
 
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int | None) -> int:

@@ -22,6 +22,29 @@ _ITER_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50)
 conversations_active = Gauge(
     "conversations_active", "Conversations running now in this worker", registry=REGISTRY
 )
+# --- conversation slots (ours; simapp/limits/concurrency.py) ---
+conversations_target = Gauge(
+    "conversations_target",
+    "Conversations this worker runs at once to keep its budgets full (Little's law)",
+    registry=REGISTRY,
+)
+conversations_waiting = Gauge(
+    "conversations_waiting",
+    "Events waiting for a conversation slot (taken from Kafka, not started)",
+    registry=REGISTRY,
+)
+conversations_limited_by = Gauge(
+    "conversations_limited_by",
+    "1 for what sets the pace now: budget (the target fills the budgets), latency (fewer "
+    "events than the target), ceiling (CONCURRENT_CONVERSATIONS caps the target)",
+    ["reason"],
+    registry=REGISTRY,
+)
+conversation_call_cycle_seconds = Gauge(
+    "conversation_call_cycle_seconds",
+    "Mean seconds a conversation spends per LLM call, budget waits excluded (recent calls)",
+    registry=REGISTRY,
+)
 conversations_completed = Counter(
     "conversations_completed",
     "Simulations whose summary was delivered (by end_reason)",
@@ -160,6 +183,17 @@ class LLMMetrics:
 
     def breaker_state(self, backend: str, state: str) -> None:
         circuit_breaker_state.labels(backend).set(_BREAKER_STATES.get(state, 0))
+
+
+def conversation_slots(slots: Any) -> None:
+    """Export a ConversationSlots' state, read when /metrics is scraped (no cost per call)."""
+    conversations_target.set_function(lambda: slots.target)
+    conversations_waiting.set_function(lambda: slots.waiting)
+    conversation_call_cycle_seconds.set_function(lambda: slots.cycle)
+    for reason in ("budget", "latency", "ceiling"):
+        conversations_limited_by.labels(reason).set_function(
+            lambda reason=reason: 1.0 if slots.reason == reason else 0.0
+        )
 
 
 def budget_rates(limits: Any) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from simapp.delivery.callbacks import CallbackSender, Delivery
 from simapp.delivery.dead_letters import DeadLetters, Source
+from simapp.limits.concurrency import ConversationSlots
 from simapp.observe import metrics
 from simapp.observe.logs import log_outcome
 from simapp.observe.progress import ProgressReporter
@@ -39,6 +40,9 @@ FAILED_END_REASONS = frozenset(
 )
 
 Send = Callable[[bytes, Any], Awaitable[Any]]  # (key, value) -> sent to a topic
+# The worker stopped taking events (rebalance, shutdown) before the conversation began: the
+# event goes back unstarted and the agent tells the committer it is not done.
+DEFERRED = "deferred"
 
 
 class Pipeline:
@@ -57,6 +61,7 @@ class Pipeline:
         send_result: Send,
         send_event: Send,
         checkpoint_turns: bool = True,
+        slots: ConversationSlots | None = None,
     ) -> None:
         self.decoder = decoder
         self.ledger = ledger
@@ -68,6 +73,7 @@ class Pipeline:
         self.send_result = send_result
         self.send_event = send_event
         self.checkpoint_turns = checkpoint_turns
+        self.slots = slots
 
     async def handle(self, raw: bytes | None, source: Source, key: bytes | None) -> str:
         """Process one event to its end; returns the outcome. Never raises (except cancel)."""
@@ -144,26 +150,39 @@ class Pipeline:
                 iterations=claim.state.iterations,
                 llm_calls=claim.state.usage.llm_calls,
             )
-        self.ledger.start(event.id, source)
+        self.ledger.start(event.id, source)  # from here a redelivery waits for this run
         outcome: str | None = None
-        metrics.conversations_active.inc()
+        try:
+            if self.slots is not None and not await self.slots.enter():
+                log_outcome(event.id, DEFERRED, reason="the worker stopped taking events")
+                return DEFERRED
+            metrics.conversations_active.inc()
+            try:
+                summary = await self.converse(event, source, claim)
+                outcome = await self.finish(event, summary, source)
+                # Durable before the event is acked: after a crash, only this row tells the
+                # redelivered event that its summary already went out.
+                await self.store.put(
+                    event.id, done_row(source.partition, source.offset, outcome), source.partition
+                )
+            finally:
+                metrics.conversations_active.dec()
+            return outcome
+        finally:
+            self.ledger.end(event.id, outcome)
+
+    async def converse(self, event: SimulationEvent, source: Source, claim: Claim) -> Summary:
+        """The conversation's LLM work, in its slot (the slot is free again when it ends)."""
         try:
             await self.progress.report(
                 event.batch_id, "consumed", event.id, batch_size=event.batch_size
             )
-            summary = await self.engine.run(
+            return await self.engine.run(
                 event, claim.state, self.checkpointer(event, source, claim.state)
             )
-            outcome = await self.finish(event, summary, source)
-            # Durable before the event is acked: after a crash, only this row tells the
-            # redelivered event that its summary already went out.
-            await self.store.put(
-                event.id, done_row(source.partition, source.offset, outcome), source.partition
-            )
-            return outcome
         finally:
-            metrics.conversations_active.dec()
-            self.ledger.end(event.id, outcome)
+            if self.slots is not None:
+                self.slots.leave()
 
     def checkpointer(
         self, event: SimulationEvent, source: Source, resumed: ConversationState | None

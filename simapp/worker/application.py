@@ -5,7 +5,7 @@ none of the modules that use it: Faust's autodiscovery imports the agents, table
 and commands listed in DISCOVERED (agents import the app, never the other way round).
 
 Two broker profiles: `kafka` keeps Faust's production defaults; `embedded` tunes for the Tansu
-broker (ARCHITECTURE.md, "Tansu facts"): short session and rebalance timeouts (its JoinGroup
+broker (docs/architecture.md, "Tansu facts"): short session and rebalance timeouts (its JoinGroup
 waits session_timeout/2). Both create every topic up front with the configured partition
 count, and both batch produces: table recovery checks end offsets against a Fetch
 (simapp/kafka/recovery.py), so Tansu's wrong ListOffsets for multi-record batches does no harm.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import faust
 from mode.utils.objects import cached_property
 
-from simapp.config import Settings, get_settings, sizing_warnings
+from simapp.config import Settings, get_settings
 from simapp.kafka.admin import ensure_topics
 from simapp.kafka.committer import SafeCommitConsumer, SafeCommitTransport
 from simapp.kafka.producer import all_topic_names
@@ -55,6 +56,8 @@ class SimApp(faust.App):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings.kafka_consumer_group, **faust_config(settings))
         self.simapp_settings = settings
+        # told when Faust stops (False) and resumes (True) the flow of events
+        self.flow_listeners: list[Callable[[bool], None]] = []
         if settings.log_format == "json":
             from simapp.worker.console import use_json_console
 
@@ -85,14 +88,12 @@ class SimApp(faust.App):
         s = self.simapp_settings
         self.resolve_datadir()
         await super().on_first_start()
-        for warning in sizing_warnings(s):
-            log.warning(warning)
         if not s.direct_llm_route:
             # ~2.5 s of blocking work: pay it before partitions arrive, not on the first
             # event (it froze the loop, web server included).
             from simapp.llm.litellm_route import import_litellm
 
-            import_litellm(s.llm_connection_pool_size)
+            import_litellm(s.llm_pool_size)
         # An auto-created topic gets the broker's default partition count (4 on Tansu) and
         # breaks co-partitioning of the tables with their source topics.
         await ensure_topics(s, all_topic_names(s))

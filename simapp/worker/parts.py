@@ -21,7 +21,8 @@ from simapp.delivery.callbacks import CallbackSender
 from simapp.delivery.dead_letters import DeadLetters
 from simapp.limits.breaker import AsyncCircuitBreaker
 from simapp.limits.budgets import DEFAULT_BACKEND, RateLimits
-from simapp.llm.client import Backend, LLMClient, RetryPolicy
+from simapp.limits.concurrency import ConversationSlots
+from simapp.llm.client import Backend, CallObserver, LLMClient, RetryPolicy
 from simapp.llm.errors import is_backend_failure
 from simapp.llm.session import llm_session
 from simapp.observe import metrics
@@ -103,9 +104,9 @@ def breaker_for(name: str, s: Settings, llm_metrics: LLMMetrics) -> AsyncCircuit
     return breaker
 
 
-def llm_client(s: Settings, limits: RateLimits) -> LLMClient:
+def llm_client(s: Settings, limits: RateLimits, observer: CallObserver | None) -> LLMClient:
     llm_metrics = LLMMetrics()
-    session = LazySession(lambda: llm_session(limits, s.llm_connection_pool_size))
+    session = LazySession(lambda: llm_session(limits, s.llm_pool_size))
     key = s.llm_api_key.get_secret_value() if s.llm_api_key else None
     name = s.llm_backend_url or "provider-default"
     if s.direct_llm_route:
@@ -118,9 +119,7 @@ def llm_client(s: Settings, limits: RateLimits) -> LLMClient:
     else:
         from simapp.llm.litellm_route import LiteLLMRoute
 
-        route = LiteLLMRoute(
-            s.llm_backend_url, key, s.llm_timeout, s.llm_connection_pool_size, session
-        )
+        route = LiteLLMRoute(s.llm_backend_url, key, s.llm_timeout, s.llm_pool_size, session)
         first_call = route.first_call
     backends = {
         DEFAULT_BACKEND: Backend(
@@ -151,6 +150,7 @@ def llm_client(s: Settings, limits: RateLimits) -> LLMClient:
         RetryPolicy(attempts=s.llm_retry_attempts, backoff_max=s.llm_backoff_max),
         llm_metrics,
         redact=redactor(*secrets),
+        observer=observer,
     )
 
 
@@ -161,6 +161,10 @@ class WorkerParts:
         self.settings = s
         self.topics = topics
         self.limits = rate_limits(s)
+        self.slots = ConversationSlots(
+            self.limits, s.conversation_ceiling, initial_cycle=s.llm_expected_latency
+        )
+        metrics.conversation_slots(self.slots)
         self.store = TableStore(table)
         self.ledger = RunLedger(self.store)
         self.decoder = EventDecoder(s)
@@ -172,7 +176,7 @@ class WorkerParts:
             s, t = self.settings, self.topics
             engine_cls = load_engine_class(s.engine_class)
             engine = engine_cls(
-                llm_client(s, self.limits),
+                llm_client(s, self.limits, self.slots),
                 max_iterations_cap=s.max_iterations,
                 timeout=s.conversation_timeout,
                 user_model=s.user_simulator_model,
@@ -194,6 +198,7 @@ class WorkerParts:
                 send_result=lambda key, value: t.results.send(key=key, value=value),
                 send_event=lambda key, value: t.events.send(key=key, value=value),
                 checkpoint_turns=s.checkpoint_turns,
+                slots=self.slots,
             )
         return self._pipeline
 
@@ -206,6 +211,7 @@ class WorkerParts:
         """A new assignment: this worker's share of the group's budgets."""
         share = self.share_of(assigned)
         self.limits.set_share(share)
+        self.slots.recompute()
         metrics.budget_rates(self.limits)
         log.info(
             "rate budget share %.3f (%d/%d partitions)",
@@ -217,3 +223,4 @@ class WorkerParts:
     def on_revoked(self) -> None:
         """Hold the group's budgets at zero until the new assignment is known."""
         self.limits.set_share(0.0)
+        self.slots.recompute()
