@@ -328,3 +328,29 @@ async def test_cli_prints_ready_line() -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+def test_lognormal_latency_has_the_configured_mean_sd_and_p99() -> None:
+    """`--latency-distribution lognormal`: mean latency_ms, standard deviation jitter_ms, and
+    the p99 the bench reports (8 ± 4 s: about 21.5 s)."""
+    import random
+    import statistics
+
+    from simapp.embedded.mock_llm import MockConfig, draw_latency_ms, latency_p99_ms
+
+    cfg = MockConfig(latency_ms=8000, latency_jitter_ms=4000, latency_distribution="lognormal")
+    rng = random.Random(7)
+    drawn = sorted(draw_latency_ms(cfg, rng) for _ in range(50_000))
+    assert statistics.fmean(drawn) == pytest.approx(8000, rel=0.02)
+    assert statistics.pstdev(drawn) == pytest.approx(4000, rel=0.05)
+    assert drawn[int(0.99 * len(drawn))] == pytest.approx(latency_p99_ms(cfg), rel=0.05)
+    assert latency_p99_ms(cfg) == pytest.approx(21_500, rel=0.01)
+
+
+@pytest.mark.asyncio
+async def test_an_unknown_latency_distribution_is_refused() -> None:
+    async with running() as (base, s):
+        async with s.post(f"{base}/admin/config", json={"latency_distribution": "pareto"}) as r:
+            assert r.status == 400
+        async with s.post(f"{base}/admin/config", json={"latency_distribution": "lognormal"}) as r:
+            assert r.status == 200

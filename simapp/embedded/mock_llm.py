@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import random
 import re
 import sys
@@ -47,6 +48,8 @@ class MockConfig:
     port: int = 0
     latency_ms: float = 50.0
     latency_jitter_ms: float = 0.0
+    # uniform: latency ± jitter; lognormal: mean latency, standard deviation jitter (a tail)
+    latency_distribution: str = "uniform"
     rps_limit: float = 0.0
     retry_after_s: float = 1.0
     force_429_count: int = 0
@@ -70,6 +73,8 @@ _FLOAT_FIELDS = {
     "hang_rate",
 }
 _INT_FIELDS = {"force_429_count", "fail_next", "context_window_tokens", "empty_user_replies"}
+LATENCY_DISTRIBUTIONS = ("uniform", "lognormal")
+Z_99 = 2.3263  # the standard normal's 99th percentile
 JUDGE_GARBAGE_MODEL = "mock-judge-garbage"  # a judge model whose verdicts are not JSON
 
 
@@ -95,6 +100,10 @@ def _coerce_field(name: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("unknown_models must be a list of strings")
         return list(value)
+    if name == "latency_distribution":
+        if value not in LATENCY_DISTRIBUTIONS:
+            raise ValueError(f"latency_distribution must be one of {LATENCY_DISTRIBUTIONS}")
+        return value
     if name == "seed":
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError("seed must be an integer or null")
@@ -277,6 +286,7 @@ class MockState:
         self.admitted_times: deque[float] = deque(maxlen=MAX_DETAIL_TIMES)
         self.admitted_times_by_model: dict[str, deque[float]] = {}
         self.rate_limited_times: deque[float] = deque(maxlen=MAX_DETAIL_TIMES)
+        self.latencies_ms: deque[float] = deque(maxlen=MAX_DETAIL_TIMES)  # drawn, newest last
 
     def rel(self, mono: float) -> float:
         return round(mono - (self.first_mono if self.first_mono is not None else mono), 6)
@@ -296,7 +306,9 @@ class MockState:
             "last_request_at": self.last_request_at,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "latency_ms": _quantiles(self.latencies_ms),
             "config": dataclasses.asdict(self.config),
+            "configured_latency_p99_ms": round(latency_p99_ms(self.config), 1),
         }
         if detail:
             out["admitted_times"] = list(self.admitted_times)
@@ -446,12 +458,43 @@ def _decide_outcome(state: MockState) -> str:
     return "ok"
 
 
-async def _latency(state: MockState) -> None:
-    """The configured latency, ± its jitter."""
-    cfg = state.config
-    delay_ms = state.rng.uniform(
+def lognormal_params(mean_ms: float, sd_ms: float) -> tuple[float, float]:
+    """(mu, sigma) of the log-normal with this mean and standard deviation."""
+    sigma2 = math.log(1.0 + (sd_ms / mean_ms) ** 2)
+    return math.log(mean_ms) - sigma2 / 2, math.sqrt(sigma2)
+
+
+def latency_p99_ms(cfg: MockConfig) -> float:
+    """The configured latency's 99th percentile (what a heavy tail looks like)."""
+    if cfg.latency_distribution == "lognormal" and cfg.latency_ms > 0:
+        mu, sigma = lognormal_params(cfg.latency_ms, cfg.latency_jitter_ms)
+        return math.exp(mu + Z_99 * sigma)
+    return cfg.latency_ms + 0.98 * cfg.latency_jitter_ms
+
+
+def draw_latency_ms(cfg: MockConfig, rng: random.Random) -> float:
+    """One call's latency: uniform latency ± jitter, or log-normal with that mean and sd."""
+    if cfg.latency_distribution == "lognormal" and cfg.latency_ms > 0:
+        mu, sigma = lognormal_params(cfg.latency_ms, cfg.latency_jitter_ms)
+        return rng.lognormvariate(mu, sigma)
+    return rng.uniform(
         cfg.latency_ms - cfg.latency_jitter_ms, cfg.latency_ms + cfg.latency_jitter_ms
     )
+
+
+def _quantiles(values: deque[float]) -> dict[str, float] | None:
+    """p50, p99 and max of the latencies drawn (the newest MAX_DETAIL_TIMES)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50": round(at(0.5), 1), "p99": round(at(0.99), 1), "max": round(ordered[-1], 1)}
+
+
+async def _latency(state: MockState) -> None:
+    """The configured latency (`draw_latency_ms`)."""
+    delay_ms = draw_latency_ms(state.config, state.rng)
+    state.latencies_ms.append(delay_ms)
     if delay_ms > 0:
         await asyncio.sleep(delay_ms / 1000.0)
 
@@ -657,6 +700,12 @@ def parse_args(argv: list[str] | None = None) -> MockConfig:
     p.add_argument("--port", type=int, default=d.port, help="0 picks a free port")
     p.add_argument("--latency-ms", type=float, default=d.latency_ms)
     p.add_argument("--latency-jitter-ms", type=float, default=d.latency_jitter_ms)
+    p.add_argument(
+        "--latency-distribution",
+        choices=LATENCY_DISTRIBUTIONS,
+        default=d.latency_distribution,
+        help="uniform: latency ± jitter; lognormal: mean latency, standard deviation jitter",
+    )
     p.add_argument("--rps-limit", type=float, default=d.rps_limit, help="0 = unlimited")
     p.add_argument("--retry-after-s", type=float, default=d.retry_after_s)
     p.add_argument("--force-429-count", type=int, default=d.force_429_count)
@@ -677,6 +726,7 @@ def parse_args(argv: list[str] | None = None) -> MockConfig:
         port=a.port,
         latency_ms=a.latency_ms,
         latency_jitter_ms=a.latency_jitter_ms,
+        latency_distribution=a.latency_distribution,
         rps_limit=a.rps_limit,
         retry_after_s=a.retry_after_s,
         force_429_count=a.force_429_count,

@@ -21,7 +21,6 @@ here as `--reference-child`) in reference_loops, the goals and the doc's row in 
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 from pathlib import Path
@@ -33,13 +32,6 @@ from simapp.lab.bench_report import TABLE_HEADER, doc_row, print_summary
 from simapp.lab.reference_loops import child_main
 
 DOC_PATH = results_doc.root() / "docs" / "benchmarks.md"
-OVERHEAD_MARGIN_S = 0.05  # per-turn time on top of the mock latency (rate wait, checkpoint, ...)
-
-
-def default_concurrency(rps: float, workers: int, latency_ms: float, jitter_ms: float) -> int:
-    """Little's law per worker, with 50 % headroom: ceil(rps/W * (latency + margin) * 1.5)."""
-    cycle_s = latency_ms / 1000 + jitter_ms / 1000 + OVERHEAD_MARGIN_S
-    return max(50, math.ceil(rps / workers * cycle_s * 1.5))
 
 
 def add_stack_options(p: argparse.ArgumentParser) -> None:
@@ -47,16 +39,32 @@ def add_stack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, default=10_000, help="events in the burst")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--rps", type=float, default=200.0, help="global LLM budget (requests/s)")
-    p.add_argument("--latency-ms", type=int, default=300, help="mock LLM latency")
-    p.add_argument("--jitter-ms", type=int, default=100, help="mock latency ± jitter")
+    p.add_argument("--latency-ms", type=int, default=300, help="mock LLM latency (the mean)")
+    p.add_argument(
+        "--jitter-ms",
+        type=int,
+        default=100,
+        help="uniform: latency ± jitter; lognormal: the standard deviation",
+    )
+    p.add_argument(
+        "--latency-dist",
+        choices=["uniform", "lognormal"],
+        default="uniform",
+        help="the mock's latency distribution; lognormal has a heavy tail (its p99 is reported)",
+    )
     p.add_argument(
         "--concurrency",
         type=int,
         default=None,
-        help="conversations per worker; default max(50, ceil(rps/workers * (latency + jitter "
-        f"+ {OVERHEAD_MARGIN_S * 1000:.0f} ms) * 1.5))",
+        help="workers' CONCURRENT_CONVERSATIONS (the ceiling); default: the setting's default, "
+        "the workers size themselves below it",
     )
-    p.add_argument("--pool-size", type=int, default=None, help="default max(50, concurrency)")
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=None,
+        help="workers' LLM_CONNECTION_POOL_SIZE (default: unset, one socket per conversation)",
+    )
     p.add_argument(
         "--route",
         choices=["openai", "litellm"],
@@ -98,7 +106,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The options, checked, with the default concurrency filled in and the argv kept."""
+    """The options, checked, with the argv kept."""
     p = argparse.ArgumentParser(
         prog="python -m simapp.lab.bench",
         description=__doc__.splitlines()[0],
@@ -109,10 +117,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.count < 1 or args.workers < 1 or args.rps <= 0:
         p.error("--count and --workers must be >= 1 and --rps > 0")
-    if args.concurrency is None:
-        args.concurrency = default_concurrency(
-            args.rps, args.workers, args.latency_ms, args.jitter_ms
-        )
     args.argv = list(argv)
     return args
 

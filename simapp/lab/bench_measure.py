@@ -11,7 +11,9 @@ import argparse
 import os
 import shlex
 import tempfile
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +22,8 @@ from typing import Any
 import psutil
 
 from simapp.config import load_settings
-from simapp.embedded.session import EmbeddedSession
-from simapp.embedded.stack import EmbeddedStack
+from simapp.embedded.session import EmbeddedSession, parse_prometheus
+from simapp.embedded.stack import EmbeddedStack, http_text
 from simapp.lab import results_doc
 from simapp.lab.bench_report import goals
 from simapp.lab.machine import (
@@ -32,6 +34,7 @@ from simapp.lab.machine import (
     system_busy_seconds,
 )
 from simapp.lab.reference_loops import run_reference
+from simapp.limits.concurrency import REASONS
 
 
 @dataclass(frozen=True)
@@ -40,17 +43,15 @@ class Setup:
 
     workdir: Path
     mock_limit: float  # the mock's own 1 s limit, 0 = none
-    pool_size: int
     margin: float  # the workers' LLM_RATE_SAFETY_MARGIN
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Setup:
-        """The defaults filled in: a temp workdir, the mock limited to --rps, the pool at
-        least the concurrency, the margin from the settings."""
+        """The defaults filled in: a temp workdir, the mock limited to --rps, the margin from
+        the settings."""
         return cls(
             workdir=Path(args.workdir or tempfile.mkdtemp(prefix="simapp-bench-")),
             mock_limit=args.rps if args.mock_rps_limit is None else args.mock_rps_limit,
-            pool_size=args.pool_size or max(50, args.concurrency),
             margin=(
                 args.safety_margin
                 if args.safety_margin is not None
@@ -83,11 +84,58 @@ class Burst:
     peaks: dict[int, int]  # peak RSS bytes by worker pid
     metrics_before: dict[str, float]
     metrics_after: dict[str, float]
+    slots: dict[str, Any]  # SlotSampler.stop()
+
+
+class SlotSampler(threading.Thread):
+    """Reads each worker's conversation slots (/metrics) every `interval` s during the burst:
+    the largest target and number of running conversations, and how often each reason was
+    what limited the pace (simapp/limits/concurrency.py)."""
+
+    def __init__(self, session: EmbeddedSession, interval: float = 2.0) -> None:
+        super().__init__(name="slot-sampler", daemon=True)
+        self.session = session
+        self.interval = interval
+        self.done = threading.Event()
+        self.max_target: dict[str, float] = {}
+        self.max_active: dict[str, float] = {}
+        self.reasons: Counter[str] = Counter()
+
+    def sample(self) -> None:
+        for worker in self.session.stack.workers:
+            try:
+                text = http_text(f"{self.session.worker_url(worker)}/metrics", timeout=3)
+            except OSError:
+                continue
+            values = parse_prometheus(text)
+            name = worker.name
+            for key, store in (("conversations_target", self.max_target),
+                               ("conversations_active", self.max_active)):  # fmt: skip
+                store[name] = max(store.get(name, 0.0), values.get(key, 0.0))
+            for reason in REASONS:
+                if values.get(f'conversations_limited_by{{reason="{reason}"}}') == 1.0:
+                    self.reasons[reason] += 1
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> dict[str, Any]:
+        self.done.set()
+        self.join(timeout=10)
+        return {
+            "max_target": self.max_target,
+            "max_active": self.max_active,
+            "limited_by_samples": dict(self.reasons),
+        }
 
 
 def make_session(args: argparse.Namespace, setup: Setup) -> EmbeddedSession:
     """The embedded session: WORKERS workers sharing a budget of RPS, a mock that enforces it."""
-    mock_args = ["--latency-ms", str(args.latency_ms), "--latency-jitter-ms", str(args.jitter_ms)]
+    mock_args = [
+        *("--latency-ms", str(args.latency_ms), "--latency-jitter-ms", str(args.jitter_ms)),
+        *("--latency-distribution", args.latency_dist),
+    ]
     if setup.mock_limit:
         mock_args += ["--rps-limit", str(setup.mock_limit)]
     return EmbeddedSession(
@@ -97,8 +145,8 @@ def make_session(args: argparse.Namespace, setup: Setup) -> EmbeddedSession:
         worker_settings={
             "llm_global_rate_limit_rps": args.rps,
             "llm_rate_limit_rps": args.rps,
-            "concurrent_conversations": args.concurrency,
-            "llm_connection_pool_size": setup.pool_size,
+            **({"concurrent_conversations": args.concurrency} if args.concurrency else {}),
+            **({"llm_connection_pool_size": args.pool_size} if args.pool_size else {}),
             "llm_route": args.route,
             "log_level": "WARNING",
             "llm_rate_safety_margin": setup.margin,
@@ -121,11 +169,12 @@ def result_header(args: argparse.Namespace, setup: Setup) -> dict[str, Any]:
             "workers": args.workers,
             "rps": args.rps,
             "concurrency": args.concurrency,
-            "pool_size": setup.pool_size,
+            "pool_size": args.pool_size,
             "route": args.route,
             "model": args.model,
             "latency_ms": args.latency_ms,
             "jitter_ms": args.jitter_ms,
+            "latency_dist": args.latency_dist,
             "mock_rps_limit": setup.mock_limit,
             "safety_margin": setup.margin,
             "partitions": args.partitions,
@@ -158,8 +207,9 @@ def start(session: EmbeddedSession, args: argparse.Namespace, setup: Setup) -> N
     if args.warmup:
         warm_up(session, args)
     print(
-        f"  {args.workers} worker(s) up (concurrency {args.concurrency}, pool {setup.pool_size}, "
-        f"route {args.route}); mock latency {args.latency_ms}±{args.jitter_ms} ms, "
+        f"  {args.workers} worker(s) up (ceiling {args.concurrency or 'default'}, pool "
+        f"{args.pool_size or 'default'}, route {args.route}); mock latency "
+        f"{args.latency_ms}±{args.jitter_ms} ms {args.latency_dist}, "
         f"limit {setup.mock_limit or 'none'} rps",
         flush=True,
     )
@@ -185,6 +235,8 @@ def run_burst(
     others = {"broker": stack.broker, "mock_llm": stack.mock, "sink": stack.sink}
     rss = RssSampler(pids)
     rss.start()
+    slots = SlotSampler(session)
+    slots.start()
     before = read_cpu(pids, others)
     metrics_before = session.worker_metrics()
     t0_wall, t0 = time.time(), time.monotonic()
@@ -195,6 +247,7 @@ def run_burst(
     detected = time.monotonic() - t0
     after = read_cpu(pids, others)
     peaks = rss.stop()
+    slot_view = slots.stop()
     metrics_after = session.worker_metrics()
     last = session.last_delivery_at()
     return Burst(
@@ -208,6 +261,7 @@ def run_burst(
         peaks=peaks,
         metrics_before=metrics_before,
         metrics_after=metrics_after,
+        slots=slot_view,
     )
 
 
@@ -332,19 +386,24 @@ def measure_burst(
     out["produce_seconds"] = round(burst.produced_s, 2)
     out.update(burst_figures(burst, report, args.rps, margin))
     out["worker_view"] = worker_view(burst.metrics_before, burst.metrics_after)
+    out["timeouts"] = report["end_reasons"].get("timeout", 0)
+    out["conversation_slots"] = burst.slots
+    mock = session.mock_stats()
+    out["mock_latency_ms"] = mock.get("latency_ms")  # drawn: p50, p99, max
+    out["mock_configured_latency_p99_ms"] = mock.get("configured_latency_p99_ms")
     out["worker_log_problems"] = log_problems(session.stack)
     out["cpu_seconds_during_run"] = cpu_during_run(burst)
     return out
 
 
 def compare_with_references(
-    session: EmbeddedSession, args: argparse.Namespace, pool_size: int, per_call: float | None
+    session: EmbeddedSession, args: argparse.Namespace, per_call: float | None
 ) -> dict[str, Any]:
     """The raw and the bare LiteLLM loop against the same mock, and the workers' CPU per call
     (`per_call`, s per 1000 calls) as a ratio to each."""
     out: dict[str, Any] = {}
     for kind, key, n in (("raw", "raw", args.raw_calls), ("litellm", "bare", args.bare_calls)):
-        loop = run_reference(session, args, kind, n, pool_size)
+        loop = run_reference(session, args, kind, n)
         out[key] = loop
         ms = loop.get("cpu_ms_per_call")
         out[f"{key}_cpu_s_per_1000_calls"] = ms
@@ -363,7 +422,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         print("stopping workers; reference loops against the same mock ...", flush=True)
         session.stack.stop_workers(timeout=60)
         per_call = result["worker_cpu_s_per_1000_calls"]
-        result.update(compare_with_references(session, args, setup.pool_size, per_call))
+        result.update(compare_with_references(session, args, per_call))
         result["goals"] = goals(result, args.rps)
         return result
     finally:

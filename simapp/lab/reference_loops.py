@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import subprocess
 import sys
 import time
@@ -161,10 +162,22 @@ def child_main(argv: list[str]) -> int:
     return 0 if result["ok"] == args.calls else 1
 
 
+OVERHEAD_MARGIN_S = 0.05  # per-turn time on top of the mock latency
+
+
+def loop_concurrency(args: argparse.Namespace) -> int:
+    """Calls the loops keep in flight: what a worker needs at the bench's budget and latency
+    (Little's law per worker with 50 % headroom, at least 50), as before the workers sized
+    themselves, so the loops' figures compare with earlier runs."""
+    cycle_s = args.latency_ms / 1000 + args.jitter_ms / 1000 + OVERHEAD_MARGIN_S
+    return max(50, math.ceil(args.rps / args.workers * cycle_s * 1.5))
+
+
 def run_reference(
-    session: EmbeddedSession, args: argparse.Namespace, kind: str, calls: int, pool_size: int
+    session: EmbeddedSession, args: argparse.Namespace, kind: str, calls: int
 ) -> dict[str, Any]:
     """Reconfigure the mock (same latency, no RPS limit, counters reset) and run one loop."""
+    concurrency = loop_concurrency(args)
     stack = session.stack
     http_json(f"{stack.mock_url}/admin/config", {"rps_limit": 0})
     http_json(f"{stack.mock_url}/admin/reset", {})
@@ -174,8 +187,8 @@ def run_reference(
         "--api-key", stack.api_key,
         "--model", args.model,
         "--calls", str(calls),
-        "--concurrency", str(args.concurrency),
-        "--pool-size", str(pool_size),
+        "--concurrency", str(concurrency),
+        "--pool-size", str(concurrency),
         "--timeout", str(load_settings().llm_timeout),
     ]  # fmt: skip
     timeout = 120 + calls / 20
