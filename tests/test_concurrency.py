@@ -144,3 +144,35 @@ def test_the_ceiling_caps_the_target_and_says_so() -> None:
     limits = RateLimits(rps=500, safety_margin=0.0)
     slots = ConversationSlots(limits, 300, initial_cycle=8.0, headroom=1.0)
     assert (slots.target, slots.reason) == (300, CEILING)
+
+
+async def test_the_longest_conversations_go_in_first() -> None:
+    limits = RateLimits(rps=1, safety_margin=0.0)
+    slots = ConversationSlots(limits, 100, initial_cycle=1.0, headroom=1.0)
+    assert await slots.enter(priority=1)
+    order: list[int] = []
+
+    async def wait(priority: int) -> None:
+        assert await slots.enter(priority=priority)
+        order.append(priority)
+        slots.leave()
+
+    tasks = [asyncio.create_task(wait(p)) for p in (2, 10, 5, 10, 3)]
+    await asyncio.sleep(0.01)
+    slots.leave()
+    await asyncio.gather(*tasks)
+    assert order == [10, 10, 5, 3, 2]
+
+
+async def test_a_call_in_flight_longer_than_expected_raises_the_target() -> None:
+    """Before the first answers, a slow provider shows as calls that are still out."""
+    limits = RateLimits(rps=10, safety_margin=0.0)
+    slots = ConversationSlots(limits, 10_000, initial_cycle=0.1, headroom=1.0)
+    assert slots.target == 1
+    handle = slots.call_sent()
+    await asyncio.sleep(0.35)
+    slots.recompute()
+    assert slots.target >= 4  # 10/s x 0.35 s
+    slots.call_ended(handle)
+    slots.recompute()
+    assert slots.target == 1

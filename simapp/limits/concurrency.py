@@ -7,16 +7,21 @@ capped by CONCURRENT_CONVERSATIONS (the ceiling), where X is the call rate the b
 for this worker's mix of calls: min over backends of R_b / p_b, p_b the share of recent calls
 that went to backend b (an endpoint with a small budget holds the whole mix back). C and p_b
 come from the last WINDOW calls; before any call, C is LLM_EXPECTED_LATENCY and X the default
-backend's rate. A model ceiling (LLM_MODEL_RATE_LIMITS) counts as a budget of its own. Time spent
-waiting for a budget, the breaker or a retry is not part of C: it would grow the target
-exactly when the budget is the bottleneck.
+backend's rate, and until WARMUP_CALLS calls are measured C is at least the age of the oldest
+call in flight (a provider slower than expected is seen before its first answer). A model
+ceiling (LLM_MODEL_RATE_LIMITS) counts as a budget of its own. Time spent waiting for a
+budget, the breaker or a retry is not part of C: it would grow the target exactly when the
+budget is the bottleneck.
 
 A conversation takes a slot before its first LLM call and gives it back after its last (the
 judge included; the summary's delivery is not). Events past the target wait at the door
 holding only their Kafka event, so a started conversation runs at full speed and its
-CONVERSATION_TIMEOUT counts from the door, not from the queue. When Faust stops the flow of
-events (a rebalance or a shutdown), the door closes: waiting events are handed back unstarted
-(`enter` returns False), so revoked partitions are not held up by work that never began.
+CONVERSATION_TIMEOUT counts from the door, not from the queue. The door lets the longest
+conversations (the most iterations to go) in first: the last conversation to start decides
+when a burst ends, and a short one ends soonest (measured: docs/benchmarks.md, issue 23).
+When Faust stops the flow of events (a rebalance or a shutdown), the door closes: waiting
+events are handed back unstarted (`enter` returns False), so revoked partitions are not held
+up by work that never began.
 
 Why the target is what it is (`reason`): `budget` — the target's conversations fill the
 budgets and more would only queue behind them; `latency` — fewer events than the target are
@@ -27,9 +32,10 @@ at hand, so each conversation's pace is its calls' latency (the tail of a burst,
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -38,6 +44,7 @@ from simapp.limits.budgets import Budget, RateLimits
 
 HEADROOM = 1.15  # conversations beyond R x C: calls' cycles vary, the budget must not idle
 WINDOW = 512  # calls whose cycle and backend the target is measured on
+WARMUP_CALLS = 64  # until this many calls are measured, an older call in flight says more
 BUDGET = "budget"
 LATENCY = "latency"
 CEILING = "ceiling"
@@ -79,22 +86,29 @@ class ConversationSlots:
         self._cycle_sum = 0.0
         self._calls: deque[Sequence[Budget]] = deque(maxlen=window)  # each call's budgets
         self._budget_calls: Counter[Budget] = Counter()
-        self._waiters: deque[asyncio.Future[bool]] = deque()
-        self.waiting = 0  # live waiters (cancelled ones leave the deque lazily)
+        # (-priority, arrival, future): the longest conversations first, then FIFO
+        self._waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
+        self._arrivals = 0
+        self.waiting = 0  # live waiters (cancelled ones leave the heap lazily)
+        self._in_flight: OrderedDict[object, float] = OrderedDict()  # call -> when sent
         self._open = True
         self.recompute()
 
     # -- the door ------------------------------------------------------------------------
 
-    async def enter(self) -> bool:
-        """Wait for a slot; False when the flow of events stopped (give the event back)."""
+    async def enter(self, priority: int = 0) -> bool:
+        """Wait for a slot; False when the flow of events stopped (give the event back).
+        Waiters with a higher `priority` (a conversation's iterations to go) go first: the
+        longest conversations start first, so the last one to start ends sooner and a
+        burst's tail is shorter (longest-processing-time-first; FIFO among equals)."""
         if not self._open:
             return False
         if self.running < self.target and not self.waiting:
             self._admit()
             return True
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self._arrivals += 1
+        heapq.heappush(self._waiters, (-priority, self._arrivals, waiter))
         self.waiting += 1
         try:
             admitted = await waiter
@@ -121,7 +135,7 @@ class ConversationSlots:
 
     def _wake(self) -> None:
         while self._waiters and self.running < self.target:
-            waiter = self._waiters.popleft()
+            _, _, waiter = heapq.heappop(self._waiters)
             if waiter.done():
                 continue
             self.waiting -= 1
@@ -132,7 +146,7 @@ class ConversationSlots:
         """Faust stopped the flow (rebalance, shutdown): hand waiting events back."""
         self._open = False
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, _, waiter = heapq.heappop(self._waiters)
             if not waiter.done():
                 self.waiting -= 1
                 waiter.set_result(False)
@@ -174,12 +188,23 @@ class ConversationSlots:
             self._budget_calls[budget] += 1
         self.recompute()
 
+    def call_sent(self) -> object:
+        """A request went out; the handle goes to `call_ended` whatever its outcome."""
+        handle = object()
+        self._in_flight[handle] = time.monotonic()
+        return handle
+
+    def call_ended(self, handle: object) -> None:
+        self._in_flight.pop(handle, None)
+
     @property
     def cycle(self) -> float:
         """Mean seconds a call takes a conversation, waiting for budgets not counted."""
-        if not self._cycles:
-            return self.initial_cycle
-        return self._cycle_sum / len(self._cycles)
+        measured = self._cycle_sum / len(self._cycles) if self._cycles else self.initial_cycle
+        if len(self._cycles) < WARMUP_CALLS and self._in_flight:
+            oldest = next(iter(self._in_flight.values()))
+            return max(measured, time.monotonic() - oldest)
+        return measured
 
     def call_rate(self) -> float:
         """Calls/s the budgets allow for the recent mix of calls (0 when one is at 0)."""

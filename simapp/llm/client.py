@@ -62,7 +62,11 @@ class Backend:
 
 
 class CallObserver(Protocol):
-    """Told of every successful call (simapp.limits.concurrency.ConversationSlots)."""
+    """Told of every request and successful call (simapp.limits.concurrency)."""
+
+    def call_sent(self) -> object: ...
+
+    def call_ended(self, handle: object) -> None: ...
 
     def call_done(
         self, budgets: Sequence[Budget], entered: float, sent: float, done: float
@@ -178,6 +182,7 @@ class LLMClient:
                 break
             sent = time.monotonic()
             started = time.perf_counter()
+            handle = self.observer.call_sent() if self.observer is not None else None
             try:
                 reply = await backend.route.send(
                     model, messages, budgets, temperature=temperature, max_tokens=max_tokens
@@ -185,6 +190,9 @@ class LLMClient:
             except BaseException as exc:
                 backend.breaker.record(ticket, exc)
                 raise
+            finally:
+                if self.observer is not None:
+                    self.observer.call_ended(handle)
             backend.breaker.record(ticket, None)
         finally:
             if release is not None:
