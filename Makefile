@@ -23,14 +23,15 @@ install: $(STAMP)
 run: install
 	$(BIN)/python -m simapp.embedded.run --count $(COUNT) --workers $(WORKERS) $(ARGS)
 
-## Debian tools some tests use (promtool, chromium); installed when we are root with apt.
+## Debian tools some tests use (promtool, chromium, stunnel4 for the Kafka TLS tests);
+## installed when we are root with apt.
 tools:
-	@if ! command -v promtool >/dev/null || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v stunnel4 >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian tools: prometheus chromium chromium-driver"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus chromium chromium-driver >/dev/null) \
+	    echo "installing Debian tools: prometheus chromium chromium-driver stunnel4"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus chromium chromium-driver stunnel4 >/dev/null) \
 	      || echo "WARNING: could not install Debian tools; tests that need them will skip"; \
-	  else echo "WARNING: promtool/chromium missing and cannot apt-get; tests that need them will skip"; fi; \
+	  else echo "WARNING: promtool/chromium/stunnel4 missing and cannot apt-get; tests that need them will skip"; fi; \
 	fi
 
 test: install tools

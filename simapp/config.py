@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
+import ssl
 from enum import StrEnum
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+RECORD_OVERHEAD_BYTES = 196_608  # a summary's verdicts, usage and fields beside its history
 
 
 class EndpointConfig(BaseModel):
@@ -47,6 +61,36 @@ class BrokerProfile(StrEnum):
     embedded = "embedded"  # the Tansu broker of the embedded stack: its quirks need short timeouts
 
 
+class SecurityProtocol(StrEnum):
+    """How every Kafka client reaches the brokers (Kafka's `security.protocol`)."""
+
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"  # TLS: the broker's certificate verified (KAFKA_SSL_CAFILE or the system's CAs)
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"  # SASL authentication, no TLS
+    SASL_SSL = "SASL_SSL"  # SASL authentication over TLS
+
+    @property
+    def tls(self) -> bool:
+        return self in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
+
+    @property
+    def sasl(self) -> bool:
+        return self in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
+
+
+class SaslMechanism(StrEnum):
+    """The SASL mechanisms simapp's clients speak (Kafka's `sasl.mechanism`)."""
+
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+def _no_key_password() -> bytes:
+    """An encrypted client key fails to load instead of prompting on the terminal."""
+    return b""
+
+
 def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -74,6 +118,24 @@ class Settings(BaseSettings):
     kafka_replication_factor: int = Field(1, ge=1, le=10)
     broker_profile: BrokerProfile = BrokerProfile.kafka
     commit_interval: float = Field(2.0, gt=0, le=60)
+    # --- Kafka security (the names the Kafka ecosystem uses; every client, simapp/kafka/clients.py)
+    kafka_security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: FilePath | None = Field(
+        None,
+        description="PEM file of the CAs that sign the brokers' certificates; unset = the "
+        "system's CAs",
+    )
+    kafka_ssl_certfile: FilePath | None = Field(
+        None,
+        description="PEM client certificate (mutual TLS), with its key unless "
+        "KAFKA_SSL_KEYFILE is set",
+    )
+    kafka_ssl_keyfile: FilePath | None = Field(
+        None, description="PEM key of the client certificate"
+    )
 
     # --- Consumer (seed) ---
     concurrent_conversations: int = Field(
@@ -134,13 +196,49 @@ class Settings(BaseSettings):
     )
 
     # --- Callbacks (ours) ---
-    callback_timeout: float = Field(10, gt=0)
-    callback_retry_attempts: int = Field(5, ge=0, le=50)
-    callback_deadline: float = Field(120, gt=0)
+    callback_timeout: float = Field(10, gt=0, description="seconds for one POST")
+    callback_max_wait: float = Field(
+        21_600,
+        gt=0,
+        description="seconds a summary waits out its receiver (retries, an open breaker) "
+        "after it became durable, before it becomes a callback_failed dead letter",
+    )
+    callback_host_rps: float = Field(
+        200, gt=0, description="POSTs per second to one receiver (scheme, host, port)"
+    )
+    callback_breaker_fail_max: int = Field(
+        5, ge=1, description="consecutive failures after which a receiver's summaries wait"
+    )
+    callback_breaker_reset: float = Field(
+        5.0, gt=0, description="seconds between probes of a receiver whose breaker is open"
+    )
+    callback_pending_bytes: int = Field(
+        256 * 2**20,
+        ge=2**20,
+        description="summary bytes a worker holds for delivery; past it, it reads no more",
+    )
+    callback_retry_attempts: int = Field(
+        5, ge=0, le=50, description="retries of `dlq replay`'s re-POST (not the worker's)"
+    )
+    callback_deadline: float = Field(
+        120, gt=0, description="seconds `dlq replay` tries one summary (not the worker's)"
+    )
     callback_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- Input limits (ours) ---
     max_event_bytes: int = Field(65_536, ge=512)
+    max_history_bytes: int = Field(
+        512 * 1024,
+        ge=4096,
+        description="a conversation whose history (JSON, UTF-8) outgrows it ends: size_limit",
+    )
+    max_record_bytes: int = Field(
+        900_000,
+        ge=65_536,
+        le=16 * 2**20,
+        description="the largest record simapp writes to Kafka; below the broker's "
+        "message.max.bytes (1 MiB by default) and the producer's max request size",
+    )
     allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- Metrics / web / logs ---
@@ -158,6 +256,85 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator(
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """`KAFKA_SASL_USERNAME=` (as .env.example writes an unset one) means unset."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("kafka_ssl_cafile")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                ssl.create_default_context(cafile=str(value))
+            except (ssl.SSLError, ValueError) as exc:
+                raise ValueError(f"not a PEM file of CA certificates ({exc})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        """SASL needs its mechanism and credentials, TLS files need TLS, a client key needs a
+        certificate that matches it: refused at start-up, naming the variables."""
+        protocol = self.kafka_security_protocol
+        problems = []
+        if protocol.sasl:
+            needed = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+            missing = [name.upper() for name in needed if getattr(self, name) is None]
+            if missing:
+                problems.append(f"KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)}")
+        else:
+            given = [
+                n.upper()
+                for n in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+                if getattr(self, n) is not None
+            ]
+            if given:
+                problems.append(
+                    f"{', '.join(given)} set, but KAFKA_SECURITY_PROTOCOL={protocol} does not "
+                    "use SASL (SASL_SSL or SASL_PLAINTEXT do)"
+                )
+        files = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+        given = [name.upper() for name in files if getattr(self, name) is not None]
+        if given and not protocol.tls:
+            problems.append(
+                f"{', '.join(given)} set, but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS "
+                "(SSL or SASL_SSL do)"
+            )
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            problems.append("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE (the certificate)")
+        elif self.kafka_ssl_certfile is not None and protocol.tls:
+            try:
+                context = ssl.create_default_context()
+                context.load_cert_chain(
+                    str(self.kafka_ssl_certfile),
+                    str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+                    password=_no_key_password,
+                )
+            except (ssl.SSLError, ValueError) as exc:
+                problems.append(
+                    "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE: not an unencrypted PEM "
+                    f"certificate and its key ({exc})"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("llm_model_rate_limits", mode="before")
     @classmethod
@@ -198,6 +375,17 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(entry, strict=False)  # raises ValueError naming the entry
         return [entry.lower() for entry in value]
 
+    @model_validator(mode="after")
+    def _room_for_a_summary(self) -> Settings:
+        """A history at its budget, plus the judge's verdicts and the rest of a summary or
+        a dead letter, must fit one record."""
+        if self.max_history_bytes + RECORD_OVERHEAD_BYTES > self.max_record_bytes:
+            raise ValueError(
+                f"MAX_HISTORY_BYTES ({self.max_history_bytes}) + {RECORD_OVERHEAD_BYTES} must "
+                f"not exceed MAX_RECORD_BYTES ({self.max_record_bytes})"
+            )
+        return self
+
     @property
     def embedded(self) -> bool:
         return self.broker_profile is BrokerProfile.embedded
@@ -229,6 +417,28 @@ class SettingsError(SystemExit):
     """Raised at start-up with one line per bad variable."""
 
 
+_SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|(^|_)KEY($|_)")
+_URL_USERINFO = re.compile(r"(//[^/@\s:]*:)[^/@\s]*@")
+
+
+def secret_bearing(name: str) -> bool:
+    """Whether a setting's value may hold a secret: a SecretStr field (LLM_API_KEY,
+    KAFKA_SASL_PASSWORD) or a name that says so (…PASSWORD, …SECRET, …TOKEN, …_KEY). Its bad
+    value is never shown."""
+    field = Settings.model_fields.get(name.lower())
+    if field is not None and "SecretStr" in str(field.annotation):
+        return True
+    return bool(_SECRET_WORDS.search(name.upper()))
+
+
+def _shown(name: str, value: Any) -> str:
+    """A bad value as an error may show it: masked when secret-bearing, and the password of
+    any URL (user:password@host) masked too."""
+    if secret_bearing(name):
+        return "***"
+    return _URL_USERINFO.sub(r"\1***@", repr(value))
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings, turning pydantic's error into a message naming each variable."""
     try:
@@ -237,10 +447,13 @@ def load_settings(**overrides: Any) -> Settings:
         lines = []
         for err in exc.errors():
             loc = err["loc"]
-            name = str(loc[0]).upper() if loc else "?"
+            message = err["msg"].removeprefix("Value error, ")
+            if not loc:  # a rule across settings: its message names them; its input is all
+                lines.append(f"  {message}")
+                continue
+            name = str(loc[0]).upper()
             where = ".".join([name, *(str(part) for part in loc[1:])])
-            shown = "***" if "KEY" in name else repr(err.get("input"))
-            lines.append(f"  {where}: {err['msg']} (got {shown})")
+            lines.append(f"  {where}: {message} (got {_shown(name, err.get('input'))})")
         raise SettingsError("invalid simapp configuration:\n" + "\n".join(lines)) from None
 
 

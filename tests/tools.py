@@ -17,6 +17,7 @@ DEBIAN_PACKAGES = {
     "promtool": "prometheus",
     "chromium": "chromium",
     "chromedriver": "chromium-driver",
+    "stunnel4": "stunnel4",
 }
 
 

@@ -8,6 +8,7 @@ themselves: loadtest, submit, progress and dlq, one module each.
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from typing import Any
 
@@ -15,6 +16,7 @@ from faust.cli import AppCommand, option
 
 from simapp.commands.estimate import report_lines
 from simapp.config import Settings
+from simapp.kafka.clients import KafkaAccessError
 from simapp.observe import follow as fl
 
 
@@ -27,7 +29,11 @@ class SimappCommand(AppCommand):
     abstract = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        code = asyncio.run(self.run(*self.args, *args, **{**self.kwargs, **kwargs}))
+        try:
+            code = asyncio.run(self.run(*self.args, *args, **{**self.kwargs, **kwargs}))
+        except KafkaAccessError as exc:  # the brokers refused our TLS or SASL settings
+            print(f"error: cannot use the Kafka brokers: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
         raise SystemExit(code or 0)
 
 

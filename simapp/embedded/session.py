@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from simapp.config import Settings, load_settings
 from simapp.embedded.catalogue import make_events
-from simapp.embedded.stack import EmbeddedStack, http_json, http_text
+from simapp.embedded.stack import PLAINTEXT_KAFKA, EmbeddedStack, http_json, http_text
 from simapp.kafka.admin import ensure_topics
 from simapp.kafka.producer import all_topic_names, encode_event, produce
 from simapp.observe.follow import bar, print_rows
@@ -85,7 +85,7 @@ class EmbeddedSession:
             kafka_bootstrap_servers=self.stack.bootstrap,
             kafka_partitions=self.stack.partitions,
             broker_profile="embedded",
-            **extra,
+            **{**PLAINTEXT_KAFKA, **extra},
         )
 
     def start(self, workers: int, ready_timeout: float = 120.0) -> EmbeddedSession:

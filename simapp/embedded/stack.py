@@ -19,6 +19,16 @@ from simapp.embedded.broker import start_tansu
 from simapp.embedded.processes import ManagedProcess, free_port, spawn, wait_for_port
 
 HOST = "127.0.0.1"
+# The embedded Tansu listens in plaintext: its clients leave out a deployment's Kafka security
+# settings from the environment or .env ("" = unset).
+PLAINTEXT_KAFKA = {
+    "kafka_security_protocol": "PLAINTEXT",
+    **{
+        f"kafka_{name}": ""
+        for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+        + ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    },
+}
 
 
 def http_json(url: str, data: dict | None = None, timeout: float = 10.0) -> Any:
@@ -125,6 +135,7 @@ class EmbeddedStack:
             "WEB_HOST": HOST,
             "WORKER_DATADIR": str(self.workdir / f"worker-{index}"),
             "LOG_FORMAT": "json",
+            **{name.upper(): value for name, value in PLAINTEXT_KAFKA.items()},
         }
         if self.endpoint is not None:
             key_env = "SIMAPP_ENDPOINT_KEY"

@@ -27,7 +27,7 @@ async def ensure_topics(
     partitions = partitions or settings.kafka_partitions
     replication = settings.kafka_replication_factor
     admin = clients.admin(settings, request_timeout_ms=30_000)
-    await admin.start()
+    await clients.start(admin, settings)
     try:
         existing = set(await admin.list_topics())
         wanted = [n for n in dict.fromkeys(names) if n not in existing]

@@ -37,7 +37,7 @@ async def produce(
         linger_ms=5,
         max_request_size=8 * 1024 * 1024,
     )
-    await producer.start()
+    await clients.start(producer, settings)
     sent = 0
     started = time.monotonic()
     try:

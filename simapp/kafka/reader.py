@@ -27,11 +27,12 @@ class TopicReader:
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         options.setdefault("auto_offset_reset", "earliest")
+        self._settings = settings
         self._consumer = clients.consumer(settings, **options)
         self._start: dict[TopicPartition, int] = {}
 
     async def __aenter__(self) -> TopicReader:
-        await self._consumer.start()
+        await clients.start(self._consumer, self._settings)
         # aiokafka 0.14's group-less coordinator task must have run once, or stop() raises
         # the CancelledError of cancelling it (a reader that read nothing)
         await asyncio.sleep(0)

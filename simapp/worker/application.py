@@ -25,6 +25,7 @@ import faust
 from mode.utils.objects import cached_property
 
 from simapp.config import Settings, get_settings
+from simapp.kafka import clients
 from simapp.kafka.admin import ensure_topics
 from simapp.kafka.committer import SafeCommitConsumer, SafeCommitTransport
 from simapp.kafka.producer import all_topic_names
@@ -87,6 +88,11 @@ class SimApp(faust.App):
     async def on_first_start(self) -> None:
         s = self.simapp_settings
         self.resolve_datadir()
+        try:  # before Faust makes its clients: a refused certificate or password says so
+            await clients.check_access(s)
+        except clients.KafkaAccessError as exc:
+            log.error("cannot use the Kafka brokers: %s. The worker exits.", exc)
+            raise
         await super().on_first_start()
         if not s.direct_llm_route:
             # ~2.5 s of blocking work: pay it before partitions arrive, not on the first
@@ -115,9 +121,11 @@ class SimApp(faust.App):
 
 def faust_config(settings: Settings) -> dict[str, Any]:
     """Faust settings derived from ours."""
+    # the URL's scheme picks Faust's aiokafka driver; TLS and SASL come from broker_credentials
     brokers = ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(","))
     conf: dict[str, Any] = {
         "broker": brokers,
+        "broker_credentials": clients.faust_credentials(settings),
         "autodiscover": DISCOVERED,
         "origin": __name__,  # scanned too: this module, not the whole package
         "store": settings.table_store,
