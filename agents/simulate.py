@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from simapp.agents.wiring import parts
+from simapp.agents.wiring import give_back, parts
 
 from simapp.delivery.dead_letters import Source
 from simapp.observe import metrics
@@ -21,6 +21,7 @@ from simapp.simulation.pipeline import DEFERRED
 from simapp.worker.application import app, settings, topics
 
 LAG_SAMPLE_SECONDS = 5.0
+SLOTS_RESIZE_SECONDS = 1.0
 
 
 @app.agent(topics.events, concurrency=settings.concurrent_conversations)
@@ -35,17 +36,17 @@ async def simulate(stream: Any) -> None:
             # Stopped mid-event (shutdown past its grace): Faust's stream acks the event in
             # its `finally` anyway, which would let the commit pass a simulation that never
             # ended. The ledger keeps it unfinished, so it is redelivered and resumes.
-            abandon(message)
+            give_back(message)
             raise
-        if outcome == DEFERRED:  # handed back unstarted at the conversation slots' door
-            abandon(message)
+        if outcome == DEFERRED:  # handed back: unstarted at the slots' door, or no outcome
+            give_back(message)
 
 
-def abandon(message: Any) -> None:
-    """Tell the committer this event is not done, whatever Faust's ack says."""
-    give_up = getattr(app.consumer, "abandon", None)
-    if give_up is not None:
-        give_up(message)
+@app.timer(SLOTS_RESIZE_SECONDS)
+async def resize_slots() -> None:
+    """The slots' target also grows with the age of calls still in flight (a slow provider
+    before its first answers), which no finished call reports."""
+    parts.slots.recompute()
 
 
 @app.timer(LAG_SAMPLE_SECONDS)

@@ -14,5 +14,6 @@ simulations = app.Table(
     "simulations",
     default=None,
     partitions=settings.kafka_partitions,
+    value_type=bytes,  # raw: compact JSON bytes, made by simapp.simulation.checkpoints
     help="Simulation status and per-turn checkpoints, by simulation id",
 )

@@ -82,12 +82,13 @@ def test_bench_smoke(tmp_path: Path) -> None:
 def test_chaos_smoke(tmp_path: Path) -> None:
     """`make chaos` at a small size: every fault of the schedule happens, nothing is missing."""
     out = tmp_path / "chaos.json"
-    args = f"--no-baseline --rps 120 --timeout 300 --no-append --out {out}"
+    args = f"--no-baseline --rps 120 --timeout 300 --receiver-down-s 10 --no-append --out {out}"
     cmd = ["make", "chaos", "COUNT=240", f"ARGS={args}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=380, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["sent"] == 240 and result["missing"] == 0
+    assert "callback_failed" not in result["dead_lettered"]  # the outage was waited out
     faults = " ".join(result["faults"])
     for done in ("SIGKILL worker-0", "worker-0 restarted", "SIGTERM worker-1",
                  "worker-1 restarted", "joins", "receiver down", "receiver up"):  # fmt: skip

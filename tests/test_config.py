@@ -14,9 +14,13 @@ def test_seed_defaults(monkeypatch):
     assert s.kafka_bootstrap_servers == "localhost:9092"
     assert s.kafka_topic == "simulation-events"
     assert s.kafka_consumer_group == "simulation-consumer-group"
-    assert (s.concurrent_conversations, s.llm_rate_limit_rps, s.max_iterations) == (20, 10, 10)
+    assert (s.llm_rate_limit_rps, s.max_iterations) == (10, 10)
     assert (s.conversation_timeout, s.llm_timeout, s.llm_retry_attempts) == (300, 30, 3)
-    assert (s.llm_connection_pool_size, s.metrics_port) == (50, 8000)
+    assert s.metrics_port == 8000
+    # Two seed defaults changed on purpose (README, "How many conversations run"): the seed's
+    # 20 conversations and 50 sockets are now a ceiling of 1000 and one socket per conversation
+    assert (s.concurrent_conversations, s.llm_connection_pool_size) == (1000, None)
+    assert s.llm_pool_size == 1000
     assert s.llm_backend_url is None and s.llm_api_key is None
 
 

@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "kafka": {"config", "observe"},
     "llm": {"config", "observe", "limits"},
     "delivery": {"config", "observe", "limits", "kafka"},
-    "simulation": {"config", "observe", "limits", "llm", "delivery"},
+    "simulation": {"config", "observe", "limits", "kafka", "llm", "delivery"},
     "embedded": {"config", "observe", "kafka"},
     "worker": RUNTIME,
     "tables": {"config", "worker"},

@@ -61,7 +61,7 @@ def test_events_become_summaries(stack, ns, workers):
     assert reasons == {"completed", "max_iterations"}  # the seed 7 batch has both
     # the durable record: every summary is also on the results topic
     results = read_topic(stack.bootstrap, ns.overrides()["results_topic"], 40)
-    assert {r["simulation_id"] for r in results} >= set(by_id)
+    assert {r["summary"]["simulation_id"] for r in results} >= set(by_id)
     # Idempotency-Key on every delivery
     one = http_json(f"{stack.sink_url}/received/{events[0]['id']}")
     assert one["deliveries"][0]["headers"]["Idempotency-Key"] == events[0]["id"]

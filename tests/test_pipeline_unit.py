@@ -1,9 +1,11 @@
 """The event path (simapp.simulation.pipeline.Pipeline) built from its parts, with fakes at the
-edges: a dict for the simulations table, lists for the topics, a scripted LLM, a recording sender.
+edges: a dict for the simulations table, lists for the topics, a scripted LLM.
 
 The real path (Tansu, HTTP, a worker process) is tests/test_pipeline.py; this one pins the
 decisions: what is dead-lettered and why, re-keying, the ledger's run/resume/skip/duplicate,
-which progress messages and rows each outcome writes, and that nothing raises.
+which records, progress messages and rows each outcome writes and that each is durable before
+`handle` returns, and that nothing raises. The summary's delivery is the outbox's
+(tests/test_outbox.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any
 import pytest
 
 from simapp.config import load_settings
-from simapp.delivery.callbacks import Delivery
 from simapp.delivery.dead_letters import DeadLetters, Source
 from simapp.observe.progress import ProgressReporter
 from simapp.simulation.checkpoints import DONE, RUNNING, running_row
@@ -85,41 +86,53 @@ class ScriptedLLM:
         return Completion(f"A{len(self.calls)}", 5, 1)
 
 
-class Sender:
-    def __init__(self, ok: bool = True) -> None:
-        self.ok = ok
-        self.posts: list[tuple[str, str, dict]] = []
-
-    async def deliver(self, url: str, simulation_id: str, payload: dict) -> Delivery:
-        self.posts.append((url, simulation_id, payload))
-        return Delivery(True, 1, 200) if self.ok else Delivery(False, 3, 503, "HTTP 503")
-
-
 class Topic:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, Any]] = []
+    """A topic: `send` hands a record over and returns its ack, acked at once unless `hold`;
+    `durable_send` waits for the ack (as the worker's results and event sends do)."""
 
-    async def send(self, key: bytes, value: Any) -> None:
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+        self.hold = False
+        self.acks: list[asyncio.Future] = []
+        self.fail = fail
+
+    async def send(self, key: bytes, value: Any) -> asyncio.Future:
+        if self.fail is not None:
+            raise self.fail
         self.sent.append((key, value))
+        ack = asyncio.get_running_loop().create_future()
+        if not self.hold:
+            ack.set_result(None)
+        self.acks.append(ack)
+        return ack
+
+    async def durable_send(self, key: bytes, value: Any) -> None:
+        await (await self.send(key, value))
+
+    def values(self) -> list[Any]:
+        return [json.loads(v) if isinstance(v, bytes) else v for _, v in self.sent]
 
 
 class Parts:
-    def __init__(self, llm: ScriptedLLM | None = None, sender: Sender | None = None) -> None:
+    def __init__(
+        self, llm: ScriptedLLM | None = None, max_history_bytes: int | None = None
+    ) -> None:
         settings = load_settings(_env_file=None, callback_allowed_hosts="example.com")
         self.store = DictStore()
         self.llm = llm or ScriptedLLM()
-        self.sender = sender or Sender()
         self.dlq, self.progress, self.results, self.events = Topic(), Topic(), Topic(), Topic()
+        engine = ConversationEngine(
+            self.llm, max_iterations_cap=10, timeout=5, max_history_bytes=max_history_bytes
+        )
         self.pipeline = Pipeline(
             decoder=EventDecoder(settings),
             ledger=RunLedger(self.store),
             store=self.store,
-            engine=ConversationEngine(self.llm, max_iterations_cap=10, timeout=5),
-            sender=self.sender,  # type: ignore[arg-type]
+            engine=engine,
             dead_letters=DeadLetters(self.dlq.send),
             progress=ProgressReporter(self.progress.send),
-            send_result=self.results.send,
-            send_event=self.events.send,
+            send_result=self.results.durable_send,
+            send_event=self.events.durable_send,
         )
 
     async def handle(self, data: Any, key: bytes | None = b"sim-1", source: Source = SOURCE) -> str:
@@ -130,17 +143,20 @@ class Parts:
         return [(m["kind"], m["reason"]) for m in (json.loads(v) for _, v in self.progress.sent)]
 
     def dead(self) -> list[dict]:
-        return [record for _, record in self.dlq.sent]
+        return self.dlq.values()
 
 
-async def test_a_good_event_is_simulated_delivered_and_recorded() -> None:
+async def test_a_good_event_is_simulated_and_its_summary_recorded() -> None:
     parts = Parts()
     assert await parts.handle(event()) == "completed"
-    ((url, sim_id, payload),) = parts.sender.posts
-    assert (url, sim_id) == ("http://example.com/cb", "sim-1")
-    assert payload["end_reason"] == "completed"
-    assert parts.results.sent[0][1]["delivered"] is True
-    assert parts.progress_kinds() == [("consumed", None), ("completed", "completed")]
+    ((key, record),) = parts.results.sent
+    assert key == b"sim-1"
+    assert record["summary"]["simulation_id"] == "sim-1"
+    assert record["summary"]["end_reason"] == "completed"
+    assert record["callback_url"] == "http://example.com/cb"
+    assert (record["failed"], record["batch_id"], record["batch_size"]) == (False, "b1", 2)
+    # the outbox reports the outcome once it is delivered; here only the start
+    assert parts.progress_kinds() == [("consumed", None)]
     assert parts.store.rows["sim-1"]["status"] == DONE
     assert parts.store.rows["sim-1"]["outcome"] == "completed"
     # a running row per LLM call, then the done row, all on the event's partition
@@ -166,7 +182,7 @@ async def test_bad_input_is_dead_lettered_with_its_reason(raw: bytes, reason: st
     assert record["reason"] == reason
     assert record["source"] == {"topic": "events", "partition": 2, "offset": 17}
     assert record["original"]["size"] == len(raw)
-    assert parts.sender.posts == [] and parts.llm.calls == []
+    assert parts.results.sent == [] and parts.llm.calls == []
     if reason in ("invalid_field", "forbidden_callback"):  # id and batch known: counted failed
         assert parts.progress_kinds() == [("failed", reason)]
 
@@ -187,7 +203,7 @@ async def test_a_redelivered_finished_event_is_skipped_without_an_llm_call() -> 
     fresh.store.rows = dict(parts.store.rows)
     assert await fresh.handle(event()) == "skipped_done"
     assert len(parts.llm.calls) == calls and fresh.llm.calls == []
-    assert len(parts.sender.posts) == 1 and fresh.sender.posts == []
+    assert len(parts.results.sent) == 1 and fresh.results.sent == []
 
 
 async def test_an_interrupted_run_resumes_from_its_last_checkpoint() -> None:
@@ -208,7 +224,8 @@ async def test_an_interrupted_run_resumes_from_its_last_checkpoint() -> None:
     resumed.store.rows["sim-1"] = running_row(SOURCE.partition, SOURCE.offset, state.to_dict())
     assert await resumed.handle(event()) == "completed"
     assert len(resumed.llm.calls) == full_calls - 1  # the finished turn is not billed again
-    ((_, _, payload),) = resumed.sender.posts
+    ((_, record),) = resumed.results.sent
+    payload = record["summary"]
     assert payload["usage"]["llm_calls"] == full_calls
     assert payload["conversation_history"][2]["content"] == "A1"
 
@@ -221,7 +238,7 @@ async def test_the_same_id_at_another_offset_is_a_duplicate() -> None:
     (record,) = parts.dead()
     assert record["reason"] == "duplicate_id"
     assert "offset 17" in record["detail"]
-    assert len(parts.sender.posts) == 1
+    assert len(parts.results.sent) == 1
 
 
 async def test_a_redelivery_while_running_waits_and_is_not_rerun() -> None:
@@ -235,19 +252,7 @@ async def test_a_redelivery_while_running_waits_and_is_not_rerun() -> None:
     gate.set()
     assert await first == "completed"
     assert await again == "skipped_running"
-    assert len(parts.sender.posts) == 1
-
-
-async def test_an_undeliverable_summary_is_dead_lettered_and_counted_failed() -> None:
-    parts = Parts(sender=Sender(ok=False))
-    assert await parts.handle(event()) == "callback_failed"
-    (record,) = parts.dead()
-    assert record["reason"] == "callback_failed" and record["detail"] == "HTTP 503"
-    assert record["summary"]["simulation_id"] == "sim-1"
-    assert record["callback_url"] == "http://example.com/cb"
-    assert parts.progress_kinds()[-1] == ("failed", "callback_failed")
-    assert parts.store.rows["sim-1"]["outcome"] == "callback_failed"
-    assert parts.results.sent[0][1]["delivered"] is False
+    assert len(parts.results.sent) == 1
 
 
 async def test_a_crash_in_our_code_is_dead_lettered_not_raised() -> None:
@@ -258,6 +263,63 @@ async def test_a_crash_in_our_code_is_dead_lettered_not_raised() -> None:
     assert parts.progress_kinds()[-1] == ("failed", "internal_error")
     assert "sim-1" not in parts.store.rows or parts.store.rows["sim-1"]["status"] != DONE
     assert await parts.handle(event()) == "internal_error"  # not remembered as finished
+
+
+async def test_an_event_whose_dead_letter_cannot_be_written_comes_back() -> None:
+    """No outcome, no commit: the event is handed back (DEFERRED) instead of being acked."""
+    parts = Parts(llm=ScriptedLLM(fail=ZeroDivisionError("bug")))
+    parts.dlq.fail = ConnectionError("broker gone")
+    assert await parts.handle(event()) == "deferred"
+    assert await parts.handle(b"not json {") == "deferred"  # a rejection too
+    parts.dlq.fail = None
+    assert await parts.handle(event()) == "internal_error"  # and when it comes back: recorded
+
+
+async def test_a_rekey_that_cannot_be_sent_is_dead_lettered_with_the_event() -> None:
+    parts = Parts()
+    parts.events.fail = ConnectionError("broker gone")
+    assert await parts.handle(event(), key=b"other") == "internal_error"
+    (record,) = parts.dead()
+    assert record["reason"] == "internal_error" and "broker gone" in record["detail"]
+    assert json.loads(record["original"]["value"])["id"] == "sim-1"  # replayable
+
+
+@pytest.mark.parametrize("topic", ["results", "progress", "dlq"])
+async def test_nothing_returns_before_its_records_are_acked(topic: str) -> None:
+    """handle() returns (and the agent acks the event) only once what records its outcome
+    is durable: the summary and the "consumed" message, or the dead letter."""
+    parts = Parts()
+    getattr(parts, topic).hold = True
+    data = event() if topic != "dlq" else event(max_iterations="three")
+    task = asyncio.create_task(parts.handle(data))
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if getattr(parts, topic).acks:
+            break
+    await asyncio.sleep(0.05)
+    assert getattr(parts, topic).acks and not task.done()
+    for ack in getattr(parts, topic).acks:
+        ack.set_result(None)
+    assert await asyncio.wait_for(task, 2) in ("completed", "rejected")
+
+
+async def test_a_huge_reply_ends_the_conversation_with_size_limit() -> None:
+    """A model answering 60,000 CJK characters a turn: the conversation ends with
+    size_limit and its history so far, within MAX_HISTORY_BYTES; nothing raises."""
+
+    class Verbose(ScriptedLLM):
+        async def complete(self, model: str, messages: list[dict], **options: Any) -> Completion:
+            self.calls.append(options.get("role", "assistant"))
+            return Completion("字" * 60_000, 5, 60_000)
+
+    parts = Parts(llm=Verbose(), max_history_bytes=100_000)
+    assert await parts.handle(event(max_iterations=10)) == "size_limit"
+    ((_, record),) = parts.results.sent
+    summary = record["summary"]
+    assert summary["end_reason"] == "size_limit"
+    size = len(json.dumps(summary["conversation_history"], ensure_ascii=False).encode())
+    assert size <= 100_000
+    assert "MAX_HISTORY_BYTES" in summary["conversation_history"][-1]["content"]
 
 
 async def test_a_turn_row_waits_for_the_previous_one_to_be_durable() -> None:

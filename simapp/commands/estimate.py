@@ -44,6 +44,7 @@ class Figures:
 def figures_from_results(results: list[dict[str, Any]]) -> Figures | None:
     """Figures from earlier summaries (the results topic keeps max_iterations beside them)."""
     iterations = calls = prompt = completion = 0
+    results = [{**r, **r["summary"]} if isinstance(r.get("summary"), dict) else r for r in results]
     for r in results:
         usage, max_iterations = r.get("usage") or {}, r.get("max_iterations")
         if not isinstance(max_iterations, int) or max_iterations < 1:

@@ -1,9 +1,11 @@
-"""POSTs summaries to their callback URLs, with retries, through one shared aiohttp session.
+"""POSTs summaries to their callback URLs through one shared aiohttp session.
 
+`attempt` is one delivery (following allowed redirects): accepted, worth retrying
+(connection errors, timeouts, 408/425/429 and 5xx, with the receiver's Retry-After), or final
+(any other answer, a refused redirect). The worker's retries, per-receiver breaker and pacing
+are the outbox's (simapp/delivery/outbox.py); `deliver` retries on its own, for `dlq replay`.
 Every POST carries `Idempotency-Key: <simulation id>` so a receiver can drop the rare repeat
-(at-least-once delivery). Connection errors, timeouts, 408/425/429 and 5xx are retried with
-full-jitter backoff (or the receiver's Retry-After), bounded by attempts and a deadline; any
-other answer is final. A slow receiver only delays its own simulation.
+(at-least-once delivery), and the same body on every attempt.
 
 Every hop passes the callback policy. aiohttp's own redirect following is off: a 307/308 is
 followed (at most MAX_REDIRECTS times, the body re-sent) only when its target passes the same
@@ -43,6 +45,18 @@ class Delivery:
     ok: bool
     attempts: int
     status: int | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """Outcome of one POST: accepted (`ok`), refused for good (`final`), or worth retrying
+    (after `retry_after` seconds when the receiver said so)."""
+
+    ok: bool
+    final: bool = False
+    status: int | None = None
+    retry_after: float | None = None
     error: str | None = None
 
 
@@ -121,37 +135,40 @@ class CallbackSender:
             await self._session.close()
             self._session = None
 
-    async def deliver(self, url: str, simulation_id: str, payload: dict[str, Any]) -> Delivery:
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Idempotency-Key": simulation_id}
+    async def attempt(self, url: str, simulation_id: str, body: bytes) -> Attempt:
+        """One delivery of `body` (summary JSON); never raises for the receiver's sake."""
         problem = self.policy.check(url)
         if problem is not None:  # checked at decode time too; a replay may come from elsewhere
-            return Delivery(False, 0, None, f"callback_url refused: {problem}")
+            return Attempt(False, final=True, error=f"callback_url refused: {problem}")
+        headers = {"Content-Type": "application/json", "Idempotency-Key": simulation_id}
+        try:
+            status, retry_after = await self._post(url, body, headers)
+        except _Final as final:
+            return Attempt(False, final=True, status=final.status, error=final.error)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return Attempt(False, error=f"{type(exc).__name__}: {exc}"[:300])
+        if status is None:
+            return Attempt(True, status=200)
+        return Attempt(False, status=status, retry_after=retry_after, error=f"HTTP {status}")
+
+    async def deliver(self, url: str, simulation_id: str, payload: dict[str, Any]) -> Delivery:
+        """`attempt` with CALLBACK_RETRY_ATTEMPTS retries and backoff within
+        CALLBACK_DEADLINE (for `dlq replay`, which runs outside the worker's outbox)."""
+        body = encode_summary(payload)
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.deadline
-        attempt = 0
+        attempts = 0
         while True:
-            attempt += 1
-            try:
-                status, retry_after = await self._post(url, body, headers)
-            except _Final as final:
-                return Delivery(False, attempt, final.status, final.error)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                status, retry_after = None, None
-                error = f"{type(exc).__name__}: {exc}"[:300]
-            else:
-                if status is None:
-                    return Delivery(True, attempt, 200)
-                error = f"HTTP {status}"
-            if attempt > self.attempts:
-                return Delivery(False, attempt, status, error)
-            delay = (
-                min(RETRY_AFTER_CAP, retry_after)
-                if retry_after is not None
-                else backoff(attempt - 1, 0.5, BACKOFF_CAP)
-            )
+            attempts += 1
+            result = await self.attempt(url, simulation_id, body)
+            if result.ok:
+                return Delivery(True, attempts, 200)
+            if result.final or attempts > self.attempts:
+                return Delivery(False, attempts, result.status, result.error)
+            delay = retry_delay(result, attempts)
             if loop.time() + delay >= give_up_at:
-                return Delivery(False, attempt, status, f"{error} (deadline reached)")
+                error = f"{result.error} (deadline reached)"
+                return Delivery(False, attempts, result.status, error)
             await asyncio.sleep(delay)
 
     async def _post(
@@ -190,3 +207,15 @@ class CallbackSender:
         if problem is not None:
             raise _Final(status, f"HTTP {status} redirect to {target} refused: {problem}")
         return target
+
+
+def encode_summary(payload: dict[str, Any]) -> bytes:
+    """The bytes POSTed for a summary (the same on every attempt)."""
+    return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+
+
+def retry_delay(result: Attempt, attempts: int) -> float:
+    """The receiver's Retry-After (capped), else full-jitter backoff."""
+    if result.retry_after is not None:
+        return min(RETRY_AFTER_CAP, result.retry_after)
+    return backoff(attempts - 1, 0.5, BACKOFF_CAP)

@@ -26,6 +26,7 @@ from simapp.config import Settings
 from simapp.delivery.callbacks import CallbackSender
 from simapp.kafka.producer import produce
 from simapp.kafka.reader import TopicReader, json_value
+from simapp.kafka.records import fit
 from simapp.observe import metrics
 
 ORIGINAL_LIMIT = 256 * 1024  # bytes of the original event kept in a dead letter
@@ -40,10 +41,11 @@ REASONS = (
     "unknown_model",
     "duplicate_id",
     "callback_failed",
+    "invalid_result",
     "internal_error",
 )
 
-Send = Callable[[bytes, dict[str, Any]], Awaitable[Any]]  # (key, record) -> sent
+Send = Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]  # (key, value) -> the ack to await
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,18 +102,24 @@ def dead_letter_record(
 
 
 class DeadLetters:
-    """Writes dead letters (keyed by simulation id, else by source) and counts them."""
+    """Writes dead letters (keyed by simulation id, else by source) and counts them.
 
-    def __init__(self, send: Send) -> None:
+    `send(key, value)` hands the record's bytes to the producer and returns the broker's
+    acknowledgement, which `write` awaits: an outcome is recorded only once it is durable.
+    A record larger than `max_bytes` has its longest strings cut (simapp/kafka/records.py).
+    """
+
+    def __init__(self, send: Send, max_bytes: int = 900_000) -> None:
         self._send = send
+        self.max_bytes = max_bytes
 
     async def write(
         self, reason: str, detail: str, source: Source, simulation_id: str | None, **extra: Any
     ) -> None:
         record = dead_letter_record(reason, detail, source, simulation_id, **extra)
-        metrics.dead_letters.labels(reason).inc()
         key = simulation_id or f"{source.topic}-{source.partition}-{source.offset}"
-        await self._send(key.encode(), record)
+        await (await self._send(key.encode(), fit(record, self.max_bytes)))
+        metrics.dead_letters.labels(reason).inc()
 
 
 async def read_dead_letters(settings: Settings, idle: float = 2.0) -> list[dict[str, Any]]:

@@ -60,6 +60,7 @@ class MockConfig:
     unknown_models: list[str] = field(default_factory=lambda: ["mock-unknown"])
     context_window_tokens: int = 0  # prompts longer than this get OpenAI's 400; 0 = no limit
     empty_user_replies: int = 0  # the next N simulated-user replies are empty
+    verbose_reply_chars: int = 0  # assistant replies are this many CJK characters (a verbose model)
     seed: int | None = None
 
 
@@ -72,7 +73,13 @@ _FLOAT_FIELDS = {
     "error_rate",
     "hang_rate",
 }
-_INT_FIELDS = {"force_429_count", "fail_next", "context_window_tokens", "empty_user_replies"}
+_INT_FIELDS = {
+    "force_429_count",
+    "fail_next",
+    "context_window_tokens",
+    "empty_user_replies",
+    "verbose_reply_chars",
+}
 LATENCY_DISTRIBUTIONS = ("uniform", "lognormal")
 Z_99 = 2.3263  # the standard normal's 99th percentile
 JUDGE_GARBAGE_MODEL = "mock-judge-garbage"  # a judge model whose verdicts are not JSON
@@ -574,6 +581,8 @@ def _reply(state: MockState, model: str, messages: list[dict[str, Any]]) -> str:
     elif cfg.empty_user_replies and STOP_MARKER_RE.search(_system_text(messages)):
         cfg.empty_user_replies -= 1
         reply = ""
+    elif cfg.verbose_reply_chars and not STOP_MARKER_RE.search(_system_text(messages)):
+        reply = "字" * cfg.verbose_reply_chars  # 3 bytes in UTF-8, 6 in Faust's escaped JSON
     return reply
 
 

@@ -38,6 +38,7 @@ class SinkConfig:
     record: str | None = None
     fail_first: int = 0
     down: bool = False
+    down_status: int = 500  # what a down sink answers (503: a receiver being deployed)
     delay_ms: int = 0
     status_429_first: int = 0
     flush_interval_s: float = 0.2
@@ -55,6 +56,10 @@ def _coerce_field(name: str, value: Any) -> Any:
     if name == "down":
         if not isinstance(value, bool):
             raise ValueError("down must be a boolean")
+        return value
+    if name == "down_status":
+        if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
+            raise ValueError("down_status must be an HTTP error status (400..599)")
         return value
     raise ValueError(f"unknown or read-only config field: {name}")
 
@@ -160,7 +165,7 @@ async def receive(request: web.Request) -> web.Response:
     fault_key = idem_header or (str(sim_id) if sim_id is not None else "<none>")
 
     if cfg.down:
-        return _respond(state, 500, {"error": "sink is down"})
+        return _respond(state, cfg.down_status, {"error": "sink is down"})
 
     n = state.attempts_by_key.get(fault_key, 0) + 1
     state.attempts_by_key[fault_key] = n

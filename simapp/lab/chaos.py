@@ -6,13 +6,14 @@ catalogue events, and a schedule of faults keyed to the share of the burst deliv
   15 %  SIGKILL worker 0, start it again 5 s later (same data directory)
   35 %  SIGTERM worker 1 (a rolling restart), start it again 5 s later
   55 %  a new worker joins
-  70 %  the callback receiver answers 500 for 8 s
+  70 %  the callback receiver answers 503 for 60 s (a deploy of the receiving service)
 
 It waits until every event is delivered or dead-lettered (or the timeout), then reports: sent,
 delivered, missing, dead letters by reason (read from the DLQ topic: a killed worker's
 counters die with it), duplicate deliveries, offset gaps the workers detected, and the LLM
 calls against the same burst without faults (a baseline session first; --no-baseline skips
-it). Writes a JSON result, adds a row to docs/reliability.md, exits 1 if anything is missing.
+it). Writes a JSON result, adds a row to docs/reliability.md, exits 1 if anything is missing
+or a summary was dead-lettered as `callback_failed` (the receiver's outage must be waited out).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ TABLE_HEADER = (
     "|---|---|--:|--:|---|--:|--:|--:|---|--:|--:|---|--:|---|---|"
 )
 RESTART_AFTER = 5.0
-RECEIVER_DOWN_SECONDS = 8.0
+RECEIVER_DOWN_SECONDS = 60.0  # a receiver's deploy: its summaries wait, none is dead-lettered
 
 
 @dataclass
@@ -88,24 +89,29 @@ def add_worker(session: EmbeddedSession, log: list[str]) -> None:
     log.append(f"{worker.name} joins")
 
 
-def receiver_down(session: EmbeddedSession, log: list[str]) -> None:
-    sink = session.stack.sink_url
-    http_json(f"{sink}/admin/config", {"down": True})
-    log.append(f"receiver down {RECEIVER_DOWN_SECONDS:g}s")
+def receiver_down(seconds: float) -> Callable[[EmbeddedSession, list[str]], None]:
+    def act(session: EmbeddedSession, log: list[str]) -> None:
+        sink = session.stack.sink_url
+        http_json(f"{sink}/admin/config", {"down": True, "down_status": 503})
+        log.append(f"receiver down (503) {seconds:g}s")
 
-    def up() -> None:
-        http_json(f"{sink}/admin/config", {"down": False})
-        log.append("receiver up")
+        def up() -> None:
+            http_json(f"{sink}/admin/config", {"down": False})
+            log.append("receiver up")
 
-    _later(session, log, RECEIVER_DOWN_SECONDS, up)
+        _later(session, log, seconds, up)
+
+    return act
 
 
-def default_schedule() -> list[Fault]:
+def default_schedule(receiver_down_s: float = RECEIVER_DOWN_SECONDS) -> list[Fault]:
     return [
         Fault(0.15, "SIGKILL worker 0 + restart", sigkill_and_restart(0)),
         Fault(0.35, "SIGTERM worker 1 + restart", sigterm_and_restart(1)),
         Fault(0.55, "a worker joins", add_worker),
-        Fault(0.70, f"receiver refuses {RECEIVER_DOWN_SECONDS:g}s", receiver_down),
+        Fault(
+            0.70, f"receiver answers 503 for {receiver_down_s:g}s", receiver_down(receiver_down_s)
+        ),
     ]
 
 
@@ -328,6 +334,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="workers' BROKER_PROFILE (kafka = production timeouts, against Tansu)",
     )
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--receiver-down-s",
+        type=float,
+        default=RECEIVER_DOWN_SECONDS,
+        help="how long the callback receiver answers 503 at 70 %%",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the run without faults")
     p.add_argument("--timeout", type=float, default=900.0, help="give up after this many s")
     p.add_argument("--progress-every", type=float, default=10.0)
@@ -369,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = run_burst(args, [], "baseline")
         result["baseline"] = baseline
         result["baseline_llm_calls"] = baseline["llm_calls"]
-    result.update(run_burst(args, default_schedule(), "chaos"))
+    result.update(run_burst(args, default_schedule(args.receiver_down_s), "chaos"))
     out = results_doc.write_result(result, args.out, prefix="chaos-")
     for key in ("sent", "delivered", "missing", "dead_lettered", "delivered_and_dead_lettered",
                 "duplicate_deliveries", "offset_gaps", "llm_calls", "baseline_llm_calls",
@@ -379,8 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_append:
         results_doc.append_row(Path(args.doc), doc_row(result), TABLE_HEADER, "# Reliability")
         print(f"row appended to {args.doc}")
-    ok = result["missing"] == 0 and result["sent"] == args.count
-    print("RESULT:", "OK, nothing missing" if ok else f"{result['missing']} MISSING")
+    gave_up = (result.get("dead_lettered") or {}).get("callback_failed", 0)
+    ok = result["missing"] == 0 and result["sent"] == args.count and gave_up == 0
+    if ok:
+        print("RESULT: OK, nothing missing, no summary given up")
+    else:
+        print(f"RESULT: {result['missing']} missing, {gave_up} callback_failed dead letters")
     return 0 if ok else 1
 
 

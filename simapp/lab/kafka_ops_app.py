@@ -226,7 +226,7 @@ def operation(app: Any, spec: WorkerSpec, op: str) -> Operation:
         key_serializer="raw",
         value_serializer="json",
     )
-    table = app.Table("rows", default=None, partitions=spec.partitions)
+    table = app.Table("rows", default=None, partitions=spec.partitions, value_type=bytes)
     store = TableStore(table)
     value = row_value(spec.value_bytes)
 

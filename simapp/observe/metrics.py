@@ -196,6 +196,36 @@ def conversation_slots(slots: Any) -> None:
         )
 
 
+callback_waiting = Gauge(
+    "callback_waiting",
+    "Summaries waiting for their receiver (it failed them, or its breaker is open)",
+    registry=REGISTRY,
+)
+callback_pending = Gauge(
+    "callback_pending", "Summaries in this worker's outbox, not yet settled", registry=REGISTRY
+)
+callback_pending_bytes = Gauge(
+    "callback_pending_bytes", "Bytes of the summaries in this worker's outbox", registry=REGISTRY
+)
+
+
+_waiting_by_receiver: list[Any] = []  # the outbox's `waiting`, once it exists
+
+
+def outbox(box: Any) -> None:
+    """Export an Outbox's state, read when /metrics is scraped (and by the progress views,
+    `waiting_by_receiver`: per receiver, too many labels for Prometheus)."""
+    _waiting_by_receiver[:] = [box.waiting]
+    callback_waiting.set_function(lambda: sum(box.waiting().values()))
+    callback_pending.set_function(lambda: len(box.jobs))
+    callback_pending_bytes.set_function(lambda: box.held)
+
+
+def waiting_by_receiver() -> dict[str, int]:
+    """Summaries waiting for their receiver, by receiver ({} before the outbox exists)."""
+    return _waiting_by_receiver[0]() if _waiting_by_receiver else {}
+
+
 def budget_rates(limits: Any) -> None:
     """Export the effective rate of every budget of a simapp.limits.budgets.RateLimits."""
     for budget in limits.backends():

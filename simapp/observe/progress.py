@@ -84,14 +84,25 @@ def progress_message(
 
 
 class ProgressReporter:
-    """Sends progress messages keyed by batch id, so one agent owns each batch's row."""
+    """Sends progress messages keyed by batch id, so one agent owns each batch's row.
 
-    def __init__(self, send: Callable[[bytes, bytes], Awaitable[Any]]) -> None:
+    `send(key, value)` hands a message to the producer and returns the broker's
+    acknowledgement to await (Faust's `topic.send`): `report` awaits it, `report_soon`
+    returns it, for a caller that has other work to do before it needs the message durable.
+    """
+
+    def __init__(self, send: Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]) -> None:
         self._send = send
 
-    async def report(self, batch_id: str, kind: str, simulation_id: str, **fields: Any) -> None:
+    async def report_soon(
+        self, batch_id: str, kind: str, simulation_id: str, **fields: Any
+    ) -> Awaitable[Any]:
         message = progress_message(batch_id, kind, simulation_id, **fields)
-        await self._send(batch_id.encode(), json.dumps(message).encode())
+        return await self._send(batch_id.encode(), json.dumps(message).encode())
+
+    async def report(self, batch_id: str, kind: str, simulation_id: str, **fields: Any) -> None:
+        """Send and wait until the broker has it."""
+        await (await self.report_soon(batch_id, kind, simulation_id, **fields))
 
 
 class BadMessage(ValueError):

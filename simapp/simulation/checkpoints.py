@@ -15,9 +15,12 @@ their events flow, so a redelivered event on a new owner sees every checkpoint w
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable
 from typing import Any, Protocol
+
+from simapp.kafka.records import fit
 
 RUNNING = "running"
 DONE = "done"
@@ -59,17 +62,26 @@ class TableStore:
     """The simulations Faust table, written from the actor that owns the simulation.
 
     Must be called from the actor's task while it processes the simulation's event: the
-    RocksDB store picks its per-partition database from the current event.
+    RocksDB store picks its per-partition database from the current event. Rows are stored
+    as compact JSON bytes (the table's value serializer is `raw`), at most `max_bytes` each
+    (simapp/kafka/records.py): a row the broker would refuse would crash Faust's producer.
     """
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, max_bytes: int = 900_000) -> None:
         self.table = table
+        self.max_bytes = max_bytes
 
     def get(self, simulation_id: str) -> dict[str, Any] | None:
         row = self.table.get(simulation_id)
+        if isinstance(row, bytes | bytearray | str):
+            try:
+                row = json.loads(row)
+            except ValueError:
+                return None
         return row if isinstance(row, dict) else None
 
     def put(self, simulation_id: str, row: dict[str, Any], partition: int) -> Awaitable[Any]:
         # What Table.__setitem__ does, keeping the changelog send's future to await.
-        self.table.data[simulation_id] = row
-        return self.table.send_changelog(partition, simulation_id, row)
+        data = fit(row, self.max_bytes)
+        self.table.data[simulation_id] = data
+        return self.table.send_changelog(partition, simulation_id, data)

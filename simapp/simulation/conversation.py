@@ -42,6 +42,7 @@ END_COMPLETED = "completed"
 END_MAX_ITERATIONS = "max_iterations"
 END_TIMEOUT = "timeout"
 END_USER_ERROR = "user_error"
+END_SIZE_LIMIT = "size_limit"  # the history outgrew MAX_HISTORY_BYTES
 END_REASONS = (
     END_COMPLETED,
     END_MAX_ITERATIONS,
@@ -50,7 +51,9 @@ END_REASONS = (
     END_LLM_UNAVAILABLE,
     END_CONTEXT_WINDOW,
     END_USER_ERROR,
+    END_SIZE_LIMIT,
 )
+SIZE_MARKER = "…[simapp cut {n} characters: the conversation reached MAX_HISTORY_BYTES]"
 ROLE_ASSISTANT, ROLE_USER, ROLE_JUDGE = "assistant", "user", "judge"
 
 GENERIC_ASSISTANT_PROMPT = (
@@ -95,6 +98,18 @@ class ConversationState:
     elapsed_ms: int = 0  # time spent in earlier attempts (before a crash/resume)
     ended: str | None = None  # the end_reason, once the turns are over (the judge may follow)
     error: str | None = None
+    _bytes: int | None = None  # the history's JSON size, counted as turns are added
+
+    @property
+    def history_bytes(self) -> int:
+        """UTF-8 bytes of the history as compact JSON (what its records will carry)."""
+        if self._bytes is None:
+            self._bytes = sum(message_bytes(m) for m in self.history)
+        return self._bytes
+
+    def add(self, role: str, content: str) -> None:
+        self.history.append({"role": role, "content": content})
+        self._bytes = self.history_bytes + message_bytes(self.history[-1])
 
     def to_dict(self) -> dict:
         return {
@@ -119,6 +134,20 @@ class ConversationState:
 
 
 Checkpoint = Callable[[ConversationState], Awaitable[None]]
+
+
+def message_bytes(message: dict[str, str]) -> int:
+    """What one history entry adds to a record, as compact UTF-8 JSON."""
+    return len(json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")) + 1
+
+
+def clip(content: str, room: int) -> tuple[str, bool]:
+    """`content` cut to about `room` bytes of JSON, with a marker; (text, whether cut)."""
+    size = len(json.dumps(content, ensure_ascii=False).encode("utf-8"))
+    if size <= room:
+        return content, False
+    keep = max(0, int((room - 200) * len(content) / size))
+    return content[:keep] + SIZE_MARKER.format(n=len(content) - keep), True
 
 
 def assistant_system_prompt(event: SimulationEvent) -> str:
@@ -210,6 +239,7 @@ class ConversationEngine:
         judge_model: str | None = None,
         judge_timeout: float = 60.0,
         endpoint_models: Mapping[str, str] | None = None,
+        max_history_bytes: int | None = None,
     ) -> None:
         self.llm = llm
         self.max_iterations_cap = max_iterations_cap
@@ -218,6 +248,7 @@ class ConversationEngine:
         self.judge_model = judge_model
         self.judge_timeout = judge_timeout
         self.endpoint_models = dict(endpoint_models or {})
+        self.max_history_bytes = max_history_bytes
 
     # ----- extension points -------------------------------------------------------------
     def initial_state(self, event: SimulationEvent) -> ConversationState:
@@ -260,7 +291,7 @@ class ConversationEngine:
             endpoint=endpoint,
         )
         self._account(state, ROLE_ASSISTANT, reply)
-        state.history.append({"role": "assistant", "content": reply.content})
+        self.append(state, "assistant", reply.content)
         state.iterations += 1
 
     async def user_turn(self, event: SimulationEvent, state: ConversationState) -> str | None:
@@ -284,7 +315,7 @@ class ConversationEngine:
             else:
                 nudge = EMPTY_REPLY
             if text:
-                state.history.append({"role": "user", "content": text})
+                self.append(state, "user", text)
             if done:
                 return END_COMPLETED
             if text:
@@ -300,14 +331,32 @@ class ConversationEngine:
                 await self.assistant_turn(event, state)
                 if checkpoint is not None:
                     await checkpoint(state)
-            reason = self.should_end(event, state)
+            reason = self.over_size(state) or self.should_end(event, state)
             if reason is not None:
                 return reason
             reason = await self.user_turn(event, state)
             if checkpoint is not None:
                 await checkpoint(state)
+            reason = self.over_size(state) or reason
             if reason is not None:
                 return reason
+
+    def append(self, state: ConversationState, role: str, content: str) -> None:
+        """Add a turn; one that would take the history past MAX_HISTORY_BYTES is cut to fit
+        (with a marker), and the conversation then ends with size_limit."""
+        if self.max_history_bytes is not None:
+            room = self.max_history_bytes - state.history_bytes
+            content, cut = clip(content, max(room, 0))
+            if cut:
+                state.error = "the history reached MAX_HISTORY_BYTES; the last turn was cut"
+        state.add(role, content)
+
+    def over_size(self, state: ConversationState) -> str | None:
+        """size_limit once the history is at its budget (a cut turn fills it)."""
+        limit = self.max_history_bytes
+        if limit is not None and state.history_bytes >= limit - 256:
+            return END_SIZE_LIMIT
+        return None
 
     async def evaluate(
         self, event: SimulationEvent, state: ConversationState, reason: str

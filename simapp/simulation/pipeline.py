@@ -1,10 +1,15 @@
-"""One event's path, from raw bytes to a delivered summary or a dead letter.
+"""One event's path, from raw bytes to a durable summary or a dead letter.
 
-decode -> (dead letter | re-key | claim in the ledger -> run or resume the conversation,
-checkpointing every turn -> POST the summary -> record it: results topic, progress, the
-"done" row) and never raise, so one bad event cannot stop the stream. Every part is handed in,
-so the path is unit-tested with fakes (tests/test_pipeline_unit.py) and wired once for the
-worker (agents/wiring.py).
+decode -> (dead letter | re-key | claim in the ledger -> wait for a conversation slot -> run
+or resume the conversation, checkpointing every turn -> the summary durable on the results
+topic -> the "done" row durable). Only then does the agent ack the event: the summary's
+delivery is the outbox's (simapp/delivery/outbox.py, from the results topic), so a slow or
+absent receiver holds no conversation slot. Every send an outcome depends on is awaited until
+the broker acknowledged it. Nothing raises out of `handle`: an exception anywhere becomes an
+`internal_error` dead letter, and when even that cannot be written the event is handed back
+(DEFERRED) instead of being committed without an outcome. Every part is handed in, so the path
+is unit-tested with fakes (tests/test_pipeline_unit.py) and wired once for the worker
+(agents/wiring.py).
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from simapp.delivery.callbacks import CallbackSender, Delivery
 from simapp.delivery.dead_letters import DeadLetters, Source
 from simapp.limits.concurrency import ConversationSlots
 from simapp.observe import metrics
@@ -26,6 +30,7 @@ from simapp.simulation.conversation import (
     END_CONTEXT_WINDOW,
     END_LLM_ERROR,
     END_LLM_UNAVAILABLE,
+    END_SIZE_LIMIT,
     END_USER_ERROR,
     ConversationEngine,
     ConversationState,
@@ -36,13 +41,28 @@ from simapp.simulation.schemas import EventDecoder, Rejection, SimulationEvent, 
 log = logging.getLogger(__name__)
 
 FAILED_END_REASONS = frozenset(
-    {END_LLM_ERROR, END_LLM_UNAVAILABLE, END_CONTEXT_WINDOW, END_USER_ERROR}
+    {END_LLM_ERROR, END_LLM_UNAVAILABLE, END_CONTEXT_WINDOW, END_USER_ERROR, END_SIZE_LIMIT}
 )
 
-Send = Callable[[bytes, Any], Awaitable[Any]]  # (key, value) -> sent to a topic
-# The worker stopped taking events (rebalance, shutdown) before the conversation began: the
-# event goes back unstarted and the agent tells the committer it is not done.
+Send = Callable[[bytes, Any], Awaitable[Any]]  # (key, value) -> durable on its topic
+# The worker stopped taking events (rebalance, shutdown) before the conversation began, or an
+# outcome could not be recorded: the event goes back, and the agent tells the committer it is
+# not done.
 DEFERRED = "deferred"
+
+
+def result_record(event: SimulationEvent, summary: dict[str, Any]) -> dict[str, Any]:
+    """The results topic's record: the summary as POSTed, and what its delivery, the
+    estimate and the reports need beside it."""
+    return {
+        "summary": summary,
+        "failed": summary["end_reason"] in FAILED_END_REASONS,  # counted as failed in progress
+        "callback_url": event.callback_url,
+        "batch_id": event.batch_id,
+        "batch_size": event.batch_size,
+        "max_iterations": event.max_iterations,  # for estimates (commands/estimate.py)
+        "summarized_at": time.time(),  # the outbox's CALLBACK_MAX_WAIT counts from here
+    }
 
 
 class Pipeline:
@@ -55,7 +75,6 @@ class Pipeline:
         ledger: RunLedger,
         store: SimulationStore,
         engine: ConversationEngine,
-        sender: CallbackSender,
         dead_letters: DeadLetters,
         progress: ProgressReporter,
         send_result: Send,
@@ -67,7 +86,6 @@ class Pipeline:
         self.ledger = ledger
         self.store = store
         self.engine = engine
-        self.sender = sender
         self.dead_letters = dead_letters
         self.progress = progress
         self.send_result = send_result
@@ -76,8 +94,16 @@ class Pipeline:
         self.slots = slots
 
     async def handle(self, raw: bytes | None, source: Source, key: bytes | None) -> str:
-        """Process one event to its end; returns the outcome. Never raises (except cancel)."""
+        """Process one event to its outcome; returns it. Never raises (except cancel)."""
         metrics.kafka_messages_consumed.inc()
+        try:
+            return await self._handle(raw, source, key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # our bug: do not lose the event, dead-letter it with the reason
+            return await self.crashed(exc, raw, source)
+
+    async def _handle(self, raw: bytes | None, source: Source, key: bytes | None) -> str:
         decoded = self.decoder.decode(raw)
         if isinstance(decoded, Rejection):
             await self.reject(decoded, raw, source)
@@ -88,37 +114,34 @@ class Pipeline:
             await self.send_event(decoded.id.encode(), raw)
             log_outcome(decoded.id, "rekeyed", partition=source.partition, offset=source.offset)
             return "rekeyed"
+        return await self.simulate(decoded, source)
+
+    async def crashed(self, exc: Exception, raw: bytes | None, source: Source) -> str:
+        """An `internal_error` dead letter for the event; DEFERRED when it cannot be written
+        (the event is then not committed, and comes back)."""
+        decoded = self.decoder.decode(raw)
+        sim_id = getattr(decoded, "id", None) or getattr(decoded, "simulation_id", None)
+        batch_id = decoded.batch_id
+        log.error("simulation %s crashed", sim_id, exc_info=exc)
+        detail = f"{type(exc).__name__}: {exc}"[:500]
         try:
-            return await self.simulate(decoded, source)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # our bug: do not lose the event, dead-letter it with the reason
-            log.exception("simulation %s crashed", decoded.id)
-            detail = f"{type(exc).__name__}: {exc}"[:500]
             await self.dead_letters.write(
-                "internal_error",
-                detail,
-                source,
-                decoded.id,
-                original=raw,
-                batch_id=decoded.batch_id,
+                "internal_error", detail, source, sim_id, original=raw, batch_id=batch_id
             )
-            metrics.conversations_failed.labels("internal_error").inc()
-            await self.progress.report(
-                decoded.batch_id, "failed", decoded.id, reason="internal_error"
+            if batch_id and sim_id:
+                await self.progress.report(batch_id, "failed", sim_id, reason="internal_error")
+        except Exception:
+            log.exception(
+                "the internal_error dead letter of %s could not be written; the event is not "
+                "committed and comes back",
+                sim_id,
             )
-            return "internal_error"
+            return DEFERRED
+        metrics.conversations_failed.labels("internal_error").inc()
+        log_outcome(sim_id, "dead_lettered", reason="internal_error", detail=detail)
+        return "internal_error"
 
     async def reject(self, rejection: Rejection, raw: bytes | None, source: Source) -> None:
-        metrics.conversations_failed.labels(rejection.reason).inc()
-        log_outcome(
-            rejection.simulation_id,
-            "rejected",
-            reason=rejection.reason,
-            detail=rejection.detail,
-            partition=source.partition,
-            offset=source.offset,
-        )
         await self.dead_letters.write(
             rejection.reason,
             rejection.detail,
@@ -131,6 +154,15 @@ class Pipeline:
             await self.progress.report(
                 rejection.batch_id, "failed", rejection.simulation_id, reason=rejection.reason
             )
+        metrics.conversations_failed.labels(rejection.reason).inc()
+        log_outcome(
+            rejection.simulation_id,
+            "rejected",
+            reason=rejection.reason,
+            detail=rejection.detail,
+            partition=source.partition,
+            offset=source.offset,
+        )
 
     async def simulate(self, event: SimulationEvent, source: Source) -> str:
         claim = await self.ledger.claim(event.id, source)
@@ -153,36 +185,54 @@ class Pipeline:
         self.ledger.start(event.id, source)  # from here a redelivery waits for this run
         outcome: str | None = None
         try:
-            if self.slots is not None and not await self.slots.enter():
+            to_go = event.max_iterations - (claim.state.iterations if claim.state else 0)
+            if self.slots is not None and not await self.slots.enter(priority=to_go):
                 log_outcome(event.id, DEFERRED, reason="the worker stopped taking events")
                 return DEFERRED
             metrics.conversations_active.inc()
             try:
-                summary = await self.converse(event, source, claim)
-                outcome = await self.finish(event, summary, source)
-                # Durable before the event is acked: after a crash, only this row tells the
-                # redelivered event that its summary already went out.
-                await self.store.put(
-                    event.id, done_row(source.partition, source.offset, outcome), source.partition
-                )
+                consumed, summary = await self.converse(event, source, claim)
             finally:
                 metrics.conversations_active.dec()
+            outcome = await self.summarized(event, summary, source)
+            await consumed  # the "consumed" progress message is durable too
             return outcome
         finally:
             self.ledger.end(event.id, outcome)
 
-    async def converse(self, event: SimulationEvent, source: Source, claim: Claim) -> Summary:
-        """The conversation's LLM work, in its slot (the slot is free again when it ends)."""
+    async def converse(
+        self, event: SimulationEvent, source: Source, claim: Claim
+    ) -> tuple[Awaitable[Any], Summary]:
+        """The conversation's LLM work, in its slot (the slot is free again when it ends);
+        the "consumed" progress message goes out first (its ack is awaited later)."""
         try:
-            await self.progress.report(
+            consumed = await self.progress.report_soon(
                 event.batch_id, "consumed", event.id, batch_size=event.batch_size
             )
-            return await self.engine.run(
+            summary = await self.engine.run(
                 event, claim.state, self.checkpointer(event, source, claim.state)
             )
+            return consumed, summary
         finally:
             if self.slots is not None:
                 self.slots.leave()
+
+    async def summarized(self, event: SimulationEvent, summary: Summary, source: Source) -> str:
+        """The summary durable on the results topic, then the "done" row: from here the
+        outbox delivers it, and a redelivered event is skipped."""
+        payload = summary.model_dump(mode="json", exclude_none=True)
+        metrics.conversation_duration_seconds.observe(summary.duration_ms / 1000)
+        metrics.iterations_per_conversation.observe(summary.total_iterations)
+        await self.send_result(event.id.encode(), result_record(event, payload))
+        # Durable before the event is acked: after a crash, only this row tells the
+        # redelivered event that its summary is already on the results topic.
+        await self.store.put(
+            event.id,
+            done_row(source.partition, source.offset, summary.end_reason),
+            source.partition,
+        )
+        log.debug("simulation %s summarized: %s", event.id, summary.end_reason)
+        return summary.end_reason
 
     def checkpointer(
         self, event: SimulationEvent, source: Source, resumed: ConversationState | None
@@ -230,82 +280,3 @@ class Pipeline:
             batch_id=event.batch_id,
         )
         return "duplicate_id"
-
-    async def finish(self, event: SimulationEvent, summary: Summary, source: Source) -> str:
-        """Deliver the summary, keep the durable record, report progress; the outcome."""
-        payload = summary.model_dump(mode="json", exclude_none=True)
-        metrics.conversation_duration_seconds.observe(summary.duration_ms / 1000)
-        metrics.iterations_per_conversation.observe(summary.total_iterations)
-        delivery = await self.sender.deliver(event.callback_url, event.id, payload)
-        metrics.callback_attempts.inc(delivery.attempts)
-        await self.send_result(
-            event.id.encode(),
-            {
-                **payload,
-                "delivered": delivery.ok,
-                "callback_attempts": delivery.attempts,
-                "max_iterations": event.max_iterations,  # for estimates (commands/estimate.py)
-            },
-        )
-        if not delivery.ok:
-            return await self.undeliverable(event, summary, payload, delivery, source)
-        metrics.callback_deliveries.inc()
-        failed = summary.end_reason in FAILED_END_REASONS
-        counter = metrics.conversations_failed if failed else metrics.conversations_completed
-        counter.labels(summary.end_reason).inc()
-        await self.progress.report(
-            event.batch_id,
-            "failed" if failed else "completed",
-            event.id,
-            reason=summary.end_reason,
-            batch_size=event.batch_size,
-            duration_ms=summary.duration_ms,
-        )
-        log_outcome(
-            event.id,
-            "delivered",
-            end_reason=summary.end_reason,
-            iterations=summary.total_iterations,
-            duration_ms=summary.duration_ms,
-            llm_calls=summary.usage.llm_calls,
-            attempts=delivery.attempts,
-            error=summary.error,
-            judged=None if summary.evaluation is None else summary.evaluation.passed,
-        )
-        return summary.end_reason
-
-    async def undeliverable(
-        self,
-        event: SimulationEvent,
-        summary: Summary,
-        payload: dict[str, Any],
-        delivery: Delivery,
-        source: Source,
-    ) -> str:
-        metrics.callback_failures.inc()
-        metrics.conversations_failed.labels("callback_failed").inc()
-        await self.dead_letters.write(
-            "callback_failed",
-            delivery.error or "undeliverable",
-            source,
-            event.id,
-            summary=payload,
-            callback_url=event.callback_url,
-            batch_id=event.batch_id,
-        )
-        log_outcome(
-            event.id,
-            "dead_lettered",
-            reason="callback_failed",
-            error=delivery.error,
-            attempts=delivery.attempts,
-        )
-        await self.progress.report(
-            event.batch_id,
-            "failed",
-            event.id,
-            reason="callback_failed",
-            batch_size=event.batch_size,
-            duration_ms=summary.duration_ms,
-        )
-        return "callback_failed"

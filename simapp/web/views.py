@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,7 @@ async def progress_local(web: Any, request: Any) -> Any:
             "worker": str(app.conf.canonical_url),
             "partitions": sorted(active_partitions()),
             "batches": [view(row, now) for row in local_rows()],
+            "waiting_by_receiver": metrics.waiting_by_receiver(),
         }
     )
 
@@ -144,6 +146,7 @@ async def gather_progress() -> dict[str, Any]:
     me = _me()
     views: list[dict] = []
     workers: list[dict[str, Any]] = []
+    waiting: Counter[str] = Counter()
 
     async def ask(url: str) -> None:
         entry: dict[str, Any] = {"url": url, "partitions": members[url]}
@@ -157,6 +160,7 @@ async def gather_progress() -> dict[str, Any]:
             local = [view(row, now) for row in local_rows()]
             entry.update(ok=True, batches=len(local))
             views.extend(local)
+            waiting.update(metrics.waiting_by_receiver())
             return
         try:
             status, body = await _fetch_json(str(URL(url) / "progress" / "_local") + "/")
@@ -170,12 +174,21 @@ async def gather_progress() -> dict[str, Any]:
         batches = [b for b in body.get("batches", []) if isinstance(b, dict)]
         entry.update(ok=True, batches=len(batches))
         views.extend(batches)
+        theirs = body.get("waiting_by_receiver")
+        if isinstance(theirs, dict):
+            waiting.update({str(k): v for k, v in theirs.items() if isinstance(v, int)})
 
     await asyncio.gather(*(ask(url) for url in members))
     covered = {p for w in workers if w.get("ok") for p in w["partitions"]}
     complete = bool(members) and covered >= set(range(settings.kafka_partitions))
     workers.sort(key=lambda w: w["url"])
-    return {"batches": merge_views(views), "complete": complete, "workers": workers}
+    return {
+        "batches": merge_views(views),
+        "complete": complete,
+        "workers": workers,
+        # summaries waiting for their receiver (failed, or its breaker open), by receiver
+        "waiting_by_receiver": dict(waiting.most_common()),
+    }
 
 
 @app.page("/progress/")

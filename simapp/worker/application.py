@@ -163,13 +163,13 @@ def faust_config(settings: Settings) -> dict[str, Any]:
 
 def declare_topics(app: faust.App, settings: Settings) -> Topics:
     parts = settings.kafka_partitions
+    # raw: every value is compact JSON made by simapp (simapp/kafka/records.py), decoded by
+    # its reader, which skips (progress) or dead-letters (results) what it cannot read
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    as_json = {"key_serializer": "raw", "value_serializer": "json"}
     return Topics(
         events=app.topic(settings.kafka_topic, partitions=parts, **raw),
-        results=app.topic(settings.results_topic, partitions=parts, **as_json),
-        dlq=app.topic(settings.dlq_topic, partitions=parts, **as_json),
-        # raw: the progress agent decodes (and skips malformed) messages itself
+        results=app.topic(settings.results_topic, partitions=parts, **raw),
+        dlq=app.topic(settings.dlq_topic, partitions=parts, **raw),
         progress=app.topic(settings.progress_topic, partitions=parts, **raw),
     )
 

@@ -11,17 +11,21 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
+from aiokafka.errors import MessageSizeTooLargeError
 
 from simapp.config import Settings
 from simapp.delivery.callbacks import CallbackSender
 from simapp.delivery.dead_letters import DeadLetters
+from simapp.delivery.outbox import Outbox
+from simapp.kafka.records import fit
 from simapp.limits.breaker import AsyncCircuitBreaker
 from simapp.limits.budgets import DEFAULT_BACKEND, RateLimits
 from simapp.limits.concurrency import ConversationSlots
+from simapp.limits.group import GroupAllotment, read_layout
 from simapp.llm.client import Backend, CallObserver, LLMClient, RetryPolicy
 from simapp.llm.errors import is_backend_failure
 from simapp.llm.session import llm_session
@@ -104,7 +108,9 @@ def breaker_for(name: str, s: Settings, llm_metrics: LLMMetrics) -> AsyncCircuit
     return breaker
 
 
-def llm_client(s: Settings, limits: RateLimits, observer: CallObserver | None) -> LLMClient:
+def llm_client(
+    s: Settings, limits: RateLimits, observer: CallObserver | None = None
+) -> LLMClient:
     llm_metrics = LLMMetrics()
     session = LazySession(lambda: llm_session(limits, s.llm_pool_size))
     key = s.llm_api_key.get_secret_value() if s.llm_api_key else None
@@ -154,6 +160,46 @@ def llm_client(s: Settings, limits: RateLimits, observer: CallObserver | None) -
     )
 
 
+def sender_to(topic: Any) -> Callable[[bytes, Any], Awaitable[Awaitable[Any]]]:
+    """send(key, value): hands the record to Faust's producer; returns the broker's ack."""
+
+    async def send(key: bytes, value: Any) -> Awaitable[Any]:
+        return await topic.send(key=key, value=value)
+
+    return send
+
+
+def durable(
+    send: Callable[[bytes, Any], Awaitable[Awaitable[Any]]],
+) -> Callable[[bytes, Any], Awaitable[Any]]:
+    """send(key, value) that returns once the broker acknowledged the record."""
+
+    async def send_durable(key: bytes, value: Any) -> Any:
+        return await (await send(key, value))
+
+    return send_durable
+
+
+def record_sender(topic: Any, max_bytes: int) -> Callable[[bytes, Any], Awaitable[Any]]:
+    """Durable sends of JSON records within `max_bytes`; a record the broker still refuses
+    for its size (its message.max.bytes is below MAX_RECORD_BYTES) is cut to half, then to a
+    quarter, before the error is the caller's."""
+    send = durable(sender_to(topic))
+
+    async def send_record(key: bytes, record: dict[str, Any]) -> Any:
+        limit = max_bytes
+        while True:
+            try:
+                return await send(key, fit(record, limit))
+            except MessageSizeTooLargeError:
+                if limit <= max_bytes // 4:
+                    raise
+                log.warning("the broker refused a %d-byte record: cutting it further", limit)
+                limit //= 2
+
+    return send_record
+
+
 class WorkerParts:
     """The parts of one worker, built from the settings."""
 
@@ -161,14 +207,18 @@ class WorkerParts:
         self.settings = s
         self.topics = topics
         self.limits = rate_limits(s)
+        self.limits.allot({}, 0.0)  # none of the group's budgets before the first assignment
         self.slots = ConversationSlots(
             self.limits, s.conversation_ceiling, initial_cycle=s.llm_expected_latency
         )
         metrics.conversation_slots(self.slots)
-        self.store = TableStore(table)
+        self.allotment = GroupAllotment(self.limits, self._budgets_changed)
+        self.store = TableStore(table, s.max_record_bytes)
         self.ledger = RunLedger(self.store)
         self.decoder = EventDecoder(s)
         self._pipeline: Pipeline | None = None
+        self._outbox: Outbox | None = None
+        self._dead_letters: DeadLetters | None = None
 
     def pipeline(self) -> Pipeline:
         """Built on first use, inside the worker's loop."""
@@ -183,44 +233,92 @@ class WorkerParts:
                 judge_model=s.judge_model,
                 judge_timeout=s.llm_timeout * 2,
                 endpoint_models={name: e.model for name, e in s.assistant_endpoints.items()},
+                max_history_bytes=s.max_history_bytes,
             )
-            # Lives as long as the worker: closing it while conversations past the shutdown
-            # grace can still finish would turn our own shutdown into callback failures.
-            sender = CallbackSender.from_settings(s)
             self._pipeline = Pipeline(
                 decoder=self.decoder,
                 ledger=self.ledger,
                 store=self.store,
                 engine=engine,
-                sender=sender,
-                dead_letters=DeadLetters(lambda key, record: t.dlq.send(key=key, value=record)),
-                progress=ProgressReporter(lambda key, value: t.progress.send(key=key, value=value)),
-                send_result=lambda key, value: t.results.send(key=key, value=value),
-                send_event=lambda key, value: t.events.send(key=key, value=value),
+                dead_letters=self.dead_letters(),
+                progress=ProgressReporter(sender_to(t.progress)),
+                send_result=record_sender(t.results, s.max_record_bytes),
+                send_event=durable(sender_to(t.events)),
                 checkpoint_turns=s.checkpoint_turns,
                 slots=self.slots,
             )
         return self._pipeline
 
+    def dead_letters(self) -> DeadLetters:
+        if self._dead_letters is None:
+            self._dead_letters = DeadLetters(
+                sender_to(self.topics.dlq), self.settings.max_record_bytes
+            )
+        return self._dead_letters
+
+    def outbox(self) -> Outbox:
+        """Built on first use, inside the worker's loop."""
+        if self._outbox is None:
+            s = self.settings
+            # Lives as long as the worker: closing its session while summaries past the
+            # shutdown grace can still be POSTed would turn our own shutdown into failures.
+            self._outbox = Outbox(
+                CallbackSender.from_settings(s),
+                self.dead_letters(),
+                ProgressReporter(sender_to(self.topics.progress)),
+                max_wait=s.callback_max_wait,
+                host_rps=s.callback_host_rps,
+                fail_max=s.callback_breaker_fail_max,
+                reset=s.callback_breaker_reset,
+                pending_bytes=s.callback_pending_bytes,
+            )
+            metrics.outbox(self._outbox)
+        return self._outbox
+
+    def on_flow(self, active: bool) -> None:
+        """Faust stopped (False) or resumed (True) the flow of events."""
+        self.slots.on_flow(active)
+        if self._outbox is not None:
+            self._outbox.on_flow(active)
+
     def share_of(self, assigned: Any) -> float:
         """This worker's part of the group: owned / total simulation partitions."""
-        owned = sum(1 for tp in assigned if tp.topic == self.settings.kafka_topic)
-        return owned / self.settings.kafka_partitions
+        return len(self.owned(assigned)) / self.settings.kafka_partitions
 
-    def on_assigned(self, assigned: Any) -> None:
-        """A new assignment: this worker's share of the group's budgets."""
-        share = self.share_of(assigned)
-        self.limits.set_share(share)
-        self.slots.recompute()
-        metrics.budget_rates(self.limits)
-        log.info(
-            "rate budget share %.3f (%d/%d partitions)",
-            share,
-            round(share * self.settings.kafka_partitions),
-            self.settings.kafka_partitions,
-        )
+    def owned(self, assigned: Any) -> list[int]:
+        return [tp.partition for tp in assigned if tp.topic == self.settings.kafka_topic]
+
+    def on_assigned(
+        self,
+        assigned: Any,
+        distribution: Mapping[str, Mapping[str, Sequence[int]]] | None = None,
+        me: str | None = None,
+    ) -> None:
+        """A new assignment: this worker's units of the group's budgets, from the whole
+        assignment (`distribution`: member URL -> topic -> partitions, Faust's assignor's;
+        simapp/limits/group.py), or from its own share when that cannot be read."""
+        s = self.settings
+        mine = self.owned(assigned)
+        layout = None
+        if distribution is not None and me is not None:
+            layout = read_layout(distribution, s.kafka_topic, me, mine, s.kafka_partitions)
+            if layout is None:
+                log.warning(
+                    "the group's assignment of %s does not list each of its %d partitions once "
+                    "(do two workers advertise the same WEB_HOST:METRICS_PORT? is "
+                    "KAFKA_PARTITIONS the topic's?); group budgets fall back to floor(share x "
+                    "limit) per worker, which may leave a worker without budget: %s",
+                    s.kafka_topic,
+                    s.kafka_partitions,
+                    {url: topics.get(s.kafka_topic) for url, topics in distribution.items()},
+                )
+        self.allotment.assign(layout, self.share_of(assigned))
+        log.info("rate budget: %d/%d partitions", len(mine), s.kafka_partitions)
 
     def on_revoked(self) -> None:
         """Hold the group's budgets at zero until the new assignment is known."""
-        self.limits.set_share(0.0)
+        self.allotment.revoke()
+
+    def _budgets_changed(self) -> None:
         self.slots.recompute()
+        metrics.budget_rates(self.limits)
