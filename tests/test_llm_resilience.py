@@ -4,12 +4,13 @@ LLM calls over HTTP to the mock provider, summaries POSTed to the sink.
 Workers take the route LLM_ROUTE gives them (auto: the OpenAI protocol spoken directly, as
 LLM_BACKEND_URL is set; `LLM_ROUTE=litellm make test` runs the same tests through LiteLLM).
 What is proved here (docs/architecture.md, "Decisions that still hold"): the provider sees at
-most the stated 1 s window bound and no 429 when our budget equals its limit (one worker, and
-two workers sharing a global budget); a 429 with Retry-After pauses the whole model for at least
-the advised time; the circuit breaker opens after consecutive 5xx, sends nothing while open,
-lets one probe through and recovers without a burst; hung calls are cut at LLM_TIMEOUT and
-retried; a 401 ends the simulation at once with `llm_error`. Parsing and each route's error
-shapes are tested without a broker in tests/test_retry.py and tests/test_llm_routes.py.
+most the stated 1 s window bound and no 429 when our budget equals its limit (one worker, two
+workers sharing a global budget, eight then five sharing 10/s over 8 partitions); a 429 with
+Retry-After pauses the whole model for at least the advised time; the circuit breaker opens
+after consecutive 5xx, sends nothing while open, lets one probe through and recovers without a
+burst; hung calls are cut at LLM_TIMEOUT and retried; a 401 ends the simulation at once with
+`llm_error`. Parsing and each route's error shapes are tested without a broker in
+tests/test_retry.py and tests/test_llm_routes.py.
 """
 
 from __future__ import annotations
@@ -236,18 +237,14 @@ def test_two_workers_share_a_global_budget(stack, ns, workers):
         pair.append((worker, log_size(worker)))
     stack.wait_workers_ready(timeout=60)
 
-    def shares() -> list[float] | None:
-        found = []
-        for worker, offset in pair:
-            latest = re.findall(r"rate budget share (\d+\.\d+)", log_text(worker, offset))
-            if not latest:
-                return None
-            found.append(float(latest[-1]))
-        return found
+    members = [worker for worker, _ in pair]
+    paced = 20 * (1 - SHARED_MARGIN)  # whole units: 10 each, paced at 9 /s
 
-    settled = wait_until(lambda: (s := shares()) and all(x > 0 for x in s) and s, 60)
-    assert settled, f"the two workers never split the partitions: {shares()}"
-    assert sum(settled) == pytest.approx(1.0)
+    def settled() -> bool:
+        rates = default_rates(members)
+        return all(r > 0 for r in rates) and sum(rates) == pytest.approx(paced)
+
+    assert wait_until(settled, 60), f"never split: {default_rates(members)}"
 
     events = events_for(stack, 40, max_iterations=4, seed=12)
     ids = {e["id"] for e in events}
@@ -263,7 +260,98 @@ def test_two_workers_share_a_global_budget(stack, ns, workers):
     for worker, offset in pair:
         mine = set(re.findall(r"simulation (\S+) delivered", log_text(worker, offset))) & ids
         assert mine, f"{worker.name} delivered nothing"
-    assert sum(shares() or []) <= 1.0 + 1e-9
+    assert sum(default_rates(members)) == pytest.approx(paced)
+
+
+def default_rates(group: list[Any]) -> list[float]:
+    """Each worker's effective default budget (requests/s), from its /metrics."""
+    return [metric(worker, "llm_rate_limit_rps", budget="default") for worker in group]
+
+
+def balanced_events(stack: Any, per_partition: int, partitions: int, seed: int) -> list[dict]:
+    """Catalogue events, `per_partition` on each partition as Kafka's default partitioner
+    places their keys (the simulation ids), so that every worker of the group has work."""
+    from aiokafka.partitioner import murmur2
+
+    events = events_for(stack, 20 * per_partition * partitions, max_iterations=2, seed=seed)
+    chosen: dict[int, list[dict]] = {p: [] for p in range(partitions)}
+    for event in events:
+        partition = (murmur2(str(event["id"]).encode()) & 0x7FFFFFFF) % partitions
+        if len(chosen[partition]) < per_partition:
+            chosen[partition].append(event)
+    picked = [e for p in range(partitions) for e in chosen[p]]
+    assert len(picked) == per_partition * partitions
+    return picked
+
+
+def test_group_budget_holds_for_five_and_eight_workers(stack, ns, workers):
+    """Issue 19, point 5: 8, then 5 workers share LLM_GLOBAL_RATE_LIMIT_RPS=10 over 8
+    partitions against a provider that allows 10 in any 1 s window. Fractional shares let
+    each worker have ceil(10 x p/8) per window, 16 (8 workers) and 13 (2, 2, 2, 1, 1) in all;
+    whole units per worker (simapp/limits/group.py) sum to 10. Each phase: no 429, the
+    provider's busiest second <= 10 and >= 8 (the budget is used), every simulation
+    delivered, every worker delivered its partitions' events."""
+    from simapp.config import load_settings
+    from simapp.kafka.producer import encode_event, produce
+
+    limit, partitions = 10, 8
+    mock_config(stack, rps_limit=limit)
+    common = {
+        "llm_global_rate_limit_rps": limit,
+        "llm_rate_limit_rps": 1000,  # the per-instance budget must not matter here
+        "kafka_partitions": partitions,
+        "concurrent_conversations": 8,
+        "llm_rate_safety_margin": SHARED_MARGIN,
+    }
+    group = []
+    for _ in range(8):
+        worker = workers.start(wait=False, **common)
+        group.append((worker, log_size(worker)))
+    stack.wait_workers_ready(timeout=120)
+    settings = load_settings(
+        kafka_bootstrap_servers=stack.bootstrap, kafka_partitions=partitions, **ns.overrides()
+    )
+    paced = limit * (1 - SHARED_MARGIN)
+    outcomes = {}
+    for phase, size in enumerate((8, 5)):
+        if size < len(group):  # 3 workers leave: a rebalance to 5
+            for worker, _ in group[size:]:
+                worker.stop(timeout=45)
+            group = group[:size]
+        members = [worker for worker, _ in group]
+
+        def settled(members: list[Any] = members) -> bool:
+            rates = default_rates(members)
+            return all(r > 0 for r in rates) and sum(rates) == pytest.approx(paced)
+
+        assert wait_until(settled, 120), f"{size} workers never split the budget: " + str(
+            default_rates(members)
+        )
+        http_json(f"{stack.mock_url}/admin/reset", {})
+        offsets = [log_size(worker) for worker in members]
+        events = balanced_events(stack, 2, partitions, seed=40 + phase)
+        ids = {e["id"] for e in events}
+        assert asyncio.run(produce(settings, [encode_event(e) for e in events])) == len(events)
+        items = wait_delivered(stack, ids, 240)
+        calls = check_summaries(items)
+        stats = mock_stats(stack, detail=True)
+        mine = [
+            set(re.findall(r"simulation (\S+) delivered", log_text(worker, offset))) & ids
+            for worker, offset in zip(members, offsets, strict=True)
+        ]
+        outcomes[size] = {
+            "status": stats["responses_by_status"],
+            "max_1s_window": stats["max_1s_window"],
+            "requests": stats["requests"],
+            "calls": calls,
+            "delivered_by_worker": [len(m) for m in mine],
+            "densest": densest(stats),
+        }
+    for size, outcome in outcomes.items():
+        assert "429" not in outcome["status"], outcomes
+        assert 8 <= outcome["max_1s_window"] <= limit, outcomes
+        assert outcome["requests"] == outcome["calls"], outcomes  # one request per call
+        assert all(outcome["delivered_by_worker"]), (size, outcomes)
 
 
 # ------------------------------------------------------------------ 3. a 429 storm

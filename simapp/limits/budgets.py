@@ -18,8 +18,16 @@ pause queued waiters. The scheduler:
    loop.time() holds at most ceil(rate) grants, whatever the timers do;
 3. not paused (429), and with a TPM limit the tokens of the last 60 s leave room.
 
-rate = configured x share x (1 - LLM_RATE_SAFETY_MARGIN); the margin is the tolerance for the
-provider's clock, a few ms after our write (`Budget.send_rules`).
+rate = configured x (1 - LLM_RATE_SAFETY_MARGIN) for the instance's own limits; the margin is
+the tolerance for the provider's clock, a few ms after our write (`Budget.send_rules`).
+
+A group limit (LLM_GLOBAL_RATE_LIMIT_RPS, an endpoint's `rps`, model ceilings under a global
+limit) is not split by fractional shares: ceil(rps x share) per window summed over the group
+exceeds rps (8 workers at 1.25/s each fit 2 in a 1 s window: 16 against 10). It is handed out
+in whole units, `group_units(rps)` = floor(rps) requests per 1 s window (1 below 1/s); a worker
+holding `units` paces at units x min(1, rps) x (1 - margin), so it never lets more than
+`units` into any 1 s window, and the units the workers hold sum to at most group_units.
+Who holds how many, and when, is simapp/limits/group.py.
 """
 
 from __future__ import annotations
@@ -44,6 +52,19 @@ _SEND_HISTORY = 4096  # write times kept per budget (rules look back ceil(rate) 
 def effective_rate(rps: float, share: float, safety_margin: float) -> float:
     """Requests/s a worker may use: its share of the configured limit, minus the margin."""
     return rps * share * (1.0 - safety_margin)
+
+
+def group_units(rps: float) -> int:
+    """Whole requests per 1 s window a group limit hands out: floor(rps), at least 1 (a limit
+    below 1/s is one unit, paced at rps)."""
+    return max(1, math.floor(rps))
+
+
+def local_units(rps: float, share: float) -> int:
+    """The units a worker may take knowing only its own share: floor(share x units). Never
+    more than its part in any layout, but it drops the remainders, and a share below
+    1/units gets none (simapp/limits/group.py uses the whole assignment instead)."""
+    return math.floor(share * group_units(rps) + 1e-9)
 
 
 def window_bound(rate: float) -> int:
@@ -112,6 +133,8 @@ class Budget:
         self.safety_margin = safety_margin
         self.stats = BudgetStats()
         self._share = share if shared else 1.0
+        self._units = local_units(rps, self._share) if shared else 0
+        self._gate_rate = self.rate  # send rules' rate: the last non-zero one
         self._loop: asyncio.AbstractEventLoop | None = None
         # waiters by the ceiling they also need (None: this budget only), each lane FIFO
         self._lanes: dict[Budget | None, deque[_Waiter]] = {}
@@ -130,8 +153,21 @@ class Budget:
 
     @property
     def rate(self) -> float:
-        """Effective requests/s now."""
-        return effective_rate(self.rps, self._share, self.safety_margin)
+        """Effective requests/s now: rps x (1 - margin), or for a group limit the units held x
+        min(1, rps) x (1 - margin)."""
+        if not self.shared:
+            return effective_rate(self.rps, 1.0, self.safety_margin)
+        return effective_rate(self._units * min(1.0, self.rps), 1.0, self.safety_margin)
+
+    @property
+    def group_units(self) -> int:
+        """Units of the group's limit (shared budgets): requests per 1 s window, all workers."""
+        return group_units(self.rps)
+
+    @property
+    def units(self) -> int:
+        """Units this worker holds (shared budgets): at most this many grants per 1 s window."""
+        return self._units
 
     @property
     def token_budget(self) -> float | None:
@@ -141,12 +177,20 @@ class Budget:
         return effective_rate(self.tpm, self._share, self.safety_margin)
 
     def set_share(self, share: float) -> None:
-        """Apply a new share at once; queued waiters are re-timed from the last grant."""
-        if not self.shared or share == self._share:
+        """The local rule (`local_units`): units floor(share x group units), tokens x share."""
+        self.set_units(local_units(self.rps, share) if self.shared else 0, share)
+
+    def set_units(self, units: int, share: float) -> None:
+        """Hold `units` of the group's requests per 1 s window and `share` of its tokens, at
+        once; queued waiters are re-timed from the last grant (shared budgets only)."""
+        if not self.shared or (units, share) == (self._units, self._share):
             return
-        self._share = share
+        if not 0 <= units <= self.group_units:
+            raise ValueError(f"units for {self.name!r} must be in 0..{self.group_units}: {units}")
+        self._units, self._share = units, share
         if self.rate > 0:
             self._recent = deque(self._recent, maxlen=window_bound(self.rate))
+            self._gate_rate = self.rate
         self._reschedule()
 
     # -- public operations ---------------------------------------------------------------
@@ -196,12 +240,15 @@ class Budget:
         """(count, seconds): at most `count` writes in any window of `seconds`.
 
         1. ceil(rate) per 1 s: our own bound, as for grants.
-        2. P = floor(rps x share), this worker's part of the provider's limit, per 1 + tau s,
-           tau = P / rate - 1 (minus 1 ms): the spacing the margin gives P + 1 paced requests
-           (52 ms at 5 %). Paced requests never meet it; requests a busy loop bunched are
-           spread again, so arrival jitter up to tau still leaves the provider at <= P.
+        2. P = floor(rps), or the units held of a group limit: this worker's part of the
+           provider's limit, per 1 + tau s, tau = P / rate - 1 (minus 1 ms): the spacing the
+           margin gives P + 1 paced requests (52 ms at 5 %). Paced requests never meet it;
+           requests a busy loop bunched are spread again, so arrival jitter up to tau still
+           leaves the provider at <= P.
+        At 0 units (a rebalance, a rotation) the rules of the last units held stay: writes
+        granted before leave as they would have, not one a second.
         """
-        rate = self.rate
+        rate = self.rate or self._gate_rate  # at 0, writes granted before keep their rules
         if rate <= 0:
             return ((1, 1.0),)
         bound = window_bound(rate)
@@ -255,7 +302,7 @@ class Budget:
         """Earliest loop time at which a request with est_tokens may be released."""
         rate = self.rate
         if rate <= 0:
-            return math.inf  # share 0: wait until set_share gives us a budget again
+            return math.inf  # no units (a rebalance, a rotation): wait until we hold some
         ready = max(self._last_slot + 1.0 / rate, self._paused_until)
         recent = self._recent
         if len(recent) == recent.maxlen:  # the B-th previous grant must be > 1 s old
@@ -482,12 +529,20 @@ class RateLimits:
         for budget in budgets:
             budget.pause(seconds)
 
+    def shared(self) -> list[Budget]:
+        """The budgets that are the group's (every worker holds a part of them)."""
+        return [b for b in [*self._backends.values(), *self._ceilings.values()] if b.shared]
+
     def set_share(self, share: float) -> None:
-        """This worker's part of the group's limits (owned / total partitions), at once."""
+        """The local rule for every group budget, at once: floor(share x units) per 1 s
+        window, share x tokens (`local_units`; simapp/limits/group.py knows better)."""
         self._check_share(share)
-        if share == self._share:
-            return
-        logger.info("rate share %.4f -> %.4f", self._share, share)
+        self.allot({b: local_units(b.rps, share) for b in self.shared()}, share)
+
+    def allot(self, units: Mapping[Budget, int], share: float) -> None:
+        """This worker's part of the group's budgets, at once: `units` requests per 1 s window
+        of each (missing: 0) and `share` of their tokens per minute."""
+        self._check_share(share)
         self._share = share
-        for budget in [*self._backends.values(), *self._ceilings.values()]:
-            budget.set_share(share)
+        for budget in self.shared():
+            budget.set_units(units.get(budget, 0), share)
