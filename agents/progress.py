@@ -14,24 +14,22 @@ import json
 import logging
 from typing import Any
 
-from simapp.tables.progress import local_rows, progress_seen_table, progress_table, seen_key
+from simapp.tables.progress import (
+    active_partitions,
+    batches,
+    progress_seen_table,
+    progress_table,
+    seen_key,
+)
 
 from simapp.observe import metrics
 from simapp.observe.progress import BadMessage, apply_once, parse_message, view
-from simapp.worker.application import app, topics
+from simapp.worker.application import app, settings, topics
 
 log = logging.getLogger(__name__)
 
 GAUGE_REFRESH_SECONDS = 5.0
 _gauged: set[str] = set()
-
-
-def set_gauges(row: dict[str, Any]) -> None:
-    v = view(row)
-    batch = str(v["batch_id"])
-    metrics.total_simulations.labels(batch).set(v["total"])
-    metrics.remaining_simulations.labels(batch).set(v["remaining"])
-    _gauged.add(batch)
 
 
 def record(value: Any, partition: int) -> bool:
@@ -48,7 +46,7 @@ def record(value: Any, partition: int) -> bool:
     else:
         log.debug("duplicate progress %s for %s (seen %s)", msg["kind"], key, seen)
     progress_table[batch_id] = row
-    set_gauges(row)
+    batches.note(row)
     return counted
 
 
@@ -69,23 +67,26 @@ async def track_progress(stream: Any) -> None:
 
 @app.timer(GAUGE_REFRESH_SECONDS)
 async def refresh_progress_gauges() -> None:
-    """Gauges follow ownership: set them for every batch we own (also rows recovered after a
-    rebalance), drop the ones whose partition moved to another worker."""
+    """total_simulations / remaining_simulations for the newest GAUGED_BATCHES unfinished
+    batches this worker owns (a bounded set of series, whatever the batch ids); series of
+    batches that finished, expired or moved to another worker are dropped."""
     if app.rebalancing:
         return
-    try:
-        rows = local_rows()
-    except Exception:  # noqa: BLE001 - a store hiccup must not kill the timer
-        log.exception("could not read the progress table")
-        return
-    owned = set()
-    for row in rows:
-        set_gauges(row)
-        owned.add(str(row.get("batch_id")))
-    for batch in list(_gauged - owned):
+    mine = active_partitions()
+    shown = set()
+    for batch_id in batches.newest(mine, settings.gauged_batches, unfinished=True):
+        row = progress_table.get(batch_id)
+        if not isinstance(row, dict):
+            continue
+        v = view(row)
+        metrics.total_simulations.labels(batch_id).set(v["total"])
+        metrics.remaining_simulations.labels(batch_id).set(v["remaining"])
+        shown.add(batch_id)
+    for batch in list(_gauged - shown):
         for gauge in (metrics.total_simulations, metrics.remaining_simulations):
             try:
                 gauge.remove(batch)
             except KeyError:
                 pass
-        _gauged.discard(batch)
+    _gauged.clear()
+    _gauged.update(shown)

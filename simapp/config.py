@@ -252,6 +252,29 @@ class Settings(BaseSettings):
     )
     table_store: str = Field("rocksdb://", description="rocksdb:// (durable) or memory://")
 
+    # --- Retention: what a worker forgets (simapp/worker/retention.py) ---
+    batch_retention: float = Field(
+        7 * 86_400,
+        gt=0,
+        description="seconds a finished batch (or one with no news) stays in the progress "
+        "table, the metrics and the page",
+    )
+    simulation_retention: float = Field(
+        7 * 86_400,
+        gt=0,
+        description="seconds a simulation's row stays after its last write (a redelivery or a "
+        "duplicate id is recognised within it)",
+    )
+    retention_sweep_rows: int = Field(
+        1000, ge=10, description="rows of each table the retention sweep looks at per second"
+    )
+    progress_batches_shown: int = Field(
+        200, ge=1, le=10_000, description="batches a worker lists in /progress/ (the newest)"
+    )
+    gauged_batches: int = Field(
+        50, ge=0, le=1000, description="unfinished batches with their own Prometheus series"
+    )
+
     @field_validator("callback_allowed_hosts", "allowed_models", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:

@@ -1,5 +1,5 @@
 """Faust tables of simapp (installed as simapp.tables; Faust's autodiscovery imports them).
 
 simulations (where each simulation stands, by id), progress (one row per batch).
-May import config and worker (the app) only.
+May import config, observe (the progress fold) and worker (the app) only.
 """

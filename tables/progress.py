@@ -12,6 +12,7 @@ The seen table is what makes redelivered progress messages harmless (see simapp/
 
 from __future__ import annotations
 
+from simapp.observe.progress import BatchIndex
 from simapp.worker.application import app, settings
 
 progress_table = app.Table(
@@ -45,15 +46,18 @@ def active_partitions() -> set[int]:
     return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == name}
 
 
-def local_rows() -> list[dict]:
-    """Rows of the batches this worker owns.
+# This worker's batches (simapp/observe/progress.py BatchIndex): noted by the progress agent
+# and by the retention sweep (agents/retention.py), read by the views and the gauges.
+batches = BatchIndex()
 
-    The RocksDB store already iterates active partitions only; the memory store also holds
-    standby rows, so rows are filtered by the partition the agent recorded in them.
-    """
+
+def local_rows(limit: int | None = None) -> list[dict]:
+    """Rows of the newest `limit` (PROGRESS_BATCHES_SHOWN) batches this worker owns, read
+    one by one through the index, never by walking the table."""
     mine = active_partitions()
     rows = []
-    for _key, row in list(progress_table.items()):
+    for batch_id in batches.newest(mine, limit or settings.progress_batches_shown):
+        row = progress_table.get(batch_id)
         if isinstance(row, dict) and row.get("partition") in mine:
             rows.append(row)
     return rows

@@ -46,6 +46,9 @@ EXPECTED_KEYS = {
     "goals",
     "worker_view",
     "worker_log_problems",
+    "timeouts",
+    "conversation_slots",
+    "mock_latency_ms",
 }
 
 
@@ -72,7 +75,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert result["bare"]["ok"] == 100 and result["bare_cpu_s_per_1000_calls"] > 0
     assert result["raw"]["ok"] == 200 and result["raw_cpu_s_per_1000_calls"] > 0
     assert result["route"] == "openai"
-    assert result["config"]["concurrency"] == 50
+    assert result["config"]["concurrency"] is None  # the workers size themselves
+    assert result["timeouts"] == 0
+    assert result["conversation_slots"]["max_target"]  # read from the workers during the run
     problems = result["worker_log_problems"]
     assert problems["agent_crashed"] == 0 and problems["partitions_mismatch"] == 0, problems
 

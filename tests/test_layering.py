@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "simulation": {"config", "observe", "limits", "kafka", "llm", "delivery"},
     "embedded": {"config", "observe", "kafka"},
     "worker": RUNTIME,
-    "tables": {"config", "worker"},
+    "tables": {"config", "observe", "worker"},
     "agents": RUNTIME | {"worker", "tables"},
     "web": {"config", "observe", "worker", "tables"},
     "commands": RUNTIME | {"worker", "embedded"},

@@ -8,6 +8,7 @@ from them so the seed's example PromQL runs unchanged in Prometheus.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -160,26 +161,53 @@ total_simulations = Gauge(
 _BREAKER_STATES = {"closed": 0, "half-open": 1, "half_open": 1, "open": 2}
 
 
+MODEL_LABELS = 20  # distinct model names a worker labels beyond the configured ones
+OTHER = "other"
+
+
+class ModelLabels:
+    """The `model` label of a metric: events name models, so without a bound every name a
+    burst sends would become a series forever. The models the operator configured, and the
+    first MODEL_LABELS others seen, keep their name; the rest are "other"."""
+
+    def __init__(self, configured: Iterable[str] = (), limit: int = MODEL_LABELS) -> None:
+        self.names = {name for name in configured if name}
+        self.limit = len(self.names) + limit
+
+    def __call__(self, model: str) -> str:
+        if model in self.names:
+            return model
+        if len(self.names) < self.limit:
+            self.names.add(model)
+            return model
+        return OTHER
+
+
 class LLMMetrics:
     """The hooks the LLM client calls; kept tiny because they run on every LLM call."""
 
+    def __init__(self, labels: ModelLabels | None = None) -> None:
+        self.label = labels or ModelLabels()
+
     def llm_call(self, model: str, seconds: float) -> None:
+        model = self.label(model)
         llm_api_calls.labels(model).inc()
         llm_api_latency_seconds.labels(model).observe(seconds)
 
     def llm_error(self, model: str, kind: str) -> None:
         llm_api_errors.labels(kind).inc()
         if kind == "rate_limited":
-            llm_rate_limited.labels(model).inc()
+            llm_rate_limited.labels(self.label(model)).inc()
 
     def llm_tokens(self, model: str, prompt: int, completion: int, cost: float | None) -> None:
+        model = self.label(model)
         llm_tokens.labels(model, "prompt").inc(prompt)
         llm_tokens.labels(model, "completion").inc(completion)
         if cost:
             llm_cost_usd.labels(model).inc(cost)
 
     def rate_wait(self, model: str, seconds: float) -> None:
-        llm_rate_limit_wait_seconds.labels(model).inc(seconds)
+        llm_rate_limit_wait_seconds.labels(self.label(model)).inc(seconds)
 
     def breaker_state(self, backend: str, state: str) -> None:
         circuit_breaker_state.labels(backend).set(_BREAKER_STATES.get(state, 0))
@@ -224,6 +252,25 @@ def outbox(box: Any) -> None:
 def waiting_by_receiver() -> dict[str, int]:
     """Summaries waiting for their receiver, by receiver ({} before the outbox exists)."""
     return _waiting_by_receiver[0]() if _waiting_by_receiver else {}
+
+
+table_rows = Gauge(
+    "table_rows",
+    "Rows of a table in this worker's partitions, counted by the last full retention sweep",
+    ["table"],
+    registry=REGISTRY,
+)
+table_rows_expired = Counter(
+    "table_rows_expired", "Rows deleted by the retention sweep", ["table"], registry=REGISTRY
+)
+
+
+def table_rows_source(sweepers: dict[str, Any]) -> None:
+    """table_rows{table} from each sweeper's last full pass (NaN before the first)."""
+    for name, sweeper in sweepers.items():
+        table_rows.labels(name).set_function(
+            lambda s=sweeper: float(s.rows) if s.rows is not None else float("nan")
+        )
 
 
 def budget_rates(limits: Any) -> None:

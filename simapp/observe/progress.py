@@ -363,3 +363,66 @@ def merge_views(views: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if cur is None or key > (cur["completed"] + cur["failed"], cur.get("updated_at") or 0):
             best[bid] = dict(v)
     return sorted(best.values(), key=lambda v: (v.get("started_at") or 0, v["batch_id"]))
+
+
+# ----- retention and the index of a worker's batches -----------------------------------------
+
+
+def key_partition(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a raw key (the progress topic's batch
+    ids, the simulation topic's ids)."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def batch_expired(row: Mapping[str, Any], now: float, retention: float) -> bool:
+    """A batch leaves the table, the metrics and the page `retention` seconds after it
+    finished, or after its last message when it never finishes (lost or abandoned)."""
+    last = row.get("finished_at") or row.get("updated_at")
+    return isinstance(last, int | float) and last < now - retention
+
+
+class BatchIndex:
+    """This worker's batches, newest first, without reading every row: batch id ->
+    (partition, updated_at, finished). The progress agent notes each row it writes and the
+    retention sweep notes the rows it walks (rows recovered after a rebalance), so the views
+    and the gauges read only the rows they show."""
+
+    def __init__(self) -> None:
+        self._batches: dict[str, tuple[int | None, float, bool]] = {}
+
+    def note(self, row: Mapping[str, Any]) -> None:
+        batch_id = row.get("batch_id")
+        if not isinstance(batch_id, str):
+            return
+        updated = row.get("updated_at")
+        done = bool(row.get("total_known")) and int(row.get("completed") or 0) + int(
+            row.get("failed") or 0
+        ) >= int(row.get("total") or 0)
+        self._batches[batch_id] = (
+            row.get("partition"),
+            float(updated) if isinstance(updated, int | float) else 0.0,
+            done,
+        )
+
+    def forget(self, batch_id: str) -> None:
+        self._batches.pop(batch_id, None)
+
+    def keep_only(self, partitions: set[int]) -> None:
+        """Forget batches whose partition this worker no longer owns."""
+        for batch_id, (partition, _, _) in list(self._batches.items()):
+            if partition not in partitions:
+                del self._batches[batch_id]
+
+    def newest(self, partitions: set[int], n: int, unfinished: bool = False) -> list[str]:
+        """Up to `n` batch ids of `partitions`, the most recently updated first."""
+        chosen = [
+            (updated, batch_id)
+            for batch_id, (partition, updated, done) in self._batches.items()
+            if partition in partitions and not (unfinished and done)
+        ]
+        return [batch_id for _, batch_id in sorted(chosen, reverse=True)[:n]]
+
+    def count(self, partitions: set[int]) -> int:
+        return sum(1 for p, _, _ in self._batches.values() if p in partitions)

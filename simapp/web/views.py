@@ -43,6 +43,7 @@ from simapp.observe import metrics
 from simapp.observe.progress import merge_views, view
 from simapp.tables.progress import (
     active_partitions,
+    batches,
     changelog_topic_name,
     local_rows,
     progress_table,
@@ -130,6 +131,7 @@ async def progress_local(web: Any, request: Any) -> Any:
             "worker": str(app.conf.canonical_url),
             "partitions": sorted(active_partitions()),
             "batches": [view(row, now) for row in local_rows()],
+            "batches_owned": batches.count(active_partitions()),
             "waiting_by_receiver": metrics.waiting_by_receiver(),
         }
     )
@@ -147,6 +149,7 @@ async def gather_progress() -> dict[str, Any]:
     views: list[dict] = []
     workers: list[dict[str, Any]] = []
     waiting: Counter[str] = Counter()
+    owned: list[int] = []  # batches each member owns (it lists only the newest)
 
     async def ask(url: str) -> None:
         entry: dict[str, Any] = {"url": url, "partitions": members[url]}
@@ -161,6 +164,7 @@ async def gather_progress() -> dict[str, Any]:
             entry.update(ok=True, batches=len(local))
             views.extend(local)
             waiting.update(metrics.waiting_by_receiver())
+            owned.append(batches.count(active_partitions()))
             return
         try:
             status, body = await _fetch_json(str(URL(url) / "progress" / "_local") + "/")
@@ -171,9 +175,10 @@ async def gather_progress() -> dict[str, Any]:
             error = body.get("error") if isinstance(body, dict) else None
             entry.update(ok=False, error=error or f"HTTP {status}")
             return
-        batches = [b for b in body.get("batches", []) if isinstance(b, dict)]
-        entry.update(ok=True, batches=len(batches))
-        views.extend(batches)
+        batches_ = [b for b in body.get("batches", []) if isinstance(b, dict)]
+        entry.update(ok=True, batches=len(batches_))
+        views.extend(batches_)
+        owned.append(int(body.get("batches_owned") or len(batches_)))
         theirs = body.get("waiting_by_receiver")
         if isinstance(theirs, dict):
             waiting.update({str(k): v for k, v in theirs.items() if isinstance(v, int)})
@@ -182,8 +187,10 @@ async def gather_progress() -> dict[str, Any]:
     covered = {p for w in workers if w.get("ok") for p in w["partitions"]}
     complete = bool(members) and covered >= set(range(settings.kafka_partitions))
     workers.sort(key=lambda w: w["url"])
+    merged = merge_views(views)  # oldest first
     return {
-        "batches": merge_views(views),
+        "batches": merged[-settings.progress_batches_shown :],
+        "batches_known": max(sum(owned), len(merged)),  # all, not only the ones listed
         "complete": complete,
         "workers": workers,
         # summaries waiting for their receiver (failed, or its breaker open), by receiver

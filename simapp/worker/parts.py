@@ -30,7 +30,7 @@ from simapp.llm.client import Backend, CallObserver, LLMClient, RetryPolicy
 from simapp.llm.errors import is_backend_failure
 from simapp.llm.session import llm_session
 from simapp.observe import metrics
-from simapp.observe.metrics import LLMMetrics
+from simapp.observe.metrics import LLMMetrics, ModelLabels
 from simapp.observe.progress import ProgressReporter
 from simapp.simulation.checkpoints import TableStore
 from simapp.simulation.conversation import ConversationEngine
@@ -96,6 +96,14 @@ def redactor(*secrets: str | None) -> Callable[[str], str]:
     return redact
 
 
+def configured_models(s: Settings) -> list[str]:
+    """Model names the operator wrote down (they keep their metric labels)."""
+    names = [s.user_simulator_model, s.judge_model, *s.llm_model_rate_limits]
+    names += [e.model for e in s.assistant_endpoints.values()]
+    names += [m for m in s.allowed_models if not any(c in m for c in "*?[")]
+    return [n for n in names if n]
+
+
 def breaker_for(name: str, s: Settings, llm_metrics: LLMMetrics) -> AsyncCircuitBreaker:
     breaker = AsyncCircuitBreaker(
         name,
@@ -111,7 +119,7 @@ def breaker_for(name: str, s: Settings, llm_metrics: LLMMetrics) -> AsyncCircuit
 def llm_client(
     s: Settings, limits: RateLimits, observer: CallObserver | None = None
 ) -> LLMClient:
-    llm_metrics = LLMMetrics()
+    llm_metrics = LLMMetrics(ModelLabels(configured_models(s)))
     session = LazySession(lambda: llm_session(limits, s.llm_pool_size))
     key = s.llm_api_key.get_secret_value() if s.llm_api_key else None
     name = s.llm_backend_url or "provider-default"
