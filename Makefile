@@ -9,7 +9,7 @@ WORKERS ?= 1
 RPS ?= 200
 ARGS ?=
 
-.PHONY: install run test test-fast lint loadtest bench bench-kafka chaos tools up down clean
+.PHONY: install run test test-fast lint loadtest bench bench-kafka chaos soak tools up down clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -58,6 +58,11 @@ bench-kafka: install
 ## Losses under faults: workers killed, stopped and added mid-burst (see docs/reliability.md).
 chaos: install
 	$(BIN)/python -m simapp.lab.chaos --count $(if $(filter file,$(origin COUNT)),1000,$(COUNT)) --workers $(if $(filter file,$(origin WORKERS)),3,$(WORKERS)) $(ARGS)
+
+## State over time: many batches with short retention periods, memory, metrics and table rows
+## after each (see docs/reliability.md).
+soak: install
+	$(BIN)/python -m simapp.lab.soak $(ARGS)
 
 up:
 	@test -f .env || { echo "no .env: run 'cp .env.example .env' and edit it (see docs/deployment.md)"; exit 1; }
