@@ -425,4 +425,5 @@ class ConversationEngine:
             batch_id=event.batch_id,
             error=state.error,
             evaluation=evaluation,
+            scenario_id=event.scenario,
         )

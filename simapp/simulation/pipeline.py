@@ -51,9 +51,12 @@ Send = Callable[[bytes, Any], Awaitable[Any]]  # (key, value) -> durable on its 
 DEFERRED = "deferred"
 
 
-def result_record(event: SimulationEvent, summary: dict[str, Any]) -> dict[str, Any]:
+def result_record(
+    event: SimulationEvent, summary: dict[str, Any], models: dict[str, str]
+) -> dict[str, Any]:
     """The results topic's record: the summary as POSTed, and what its delivery, the
-    estimate and the reports need beside it."""
+    estimate and the batch report need beside it (`facts`: who played, against what)."""
+    endpoint = event.assistant.endpoint if event.assistant else None
     return {
         "summary": summary,
         "failed": summary["end_reason"] in FAILED_END_REASONS,  # counted as failed in progress
@@ -62,6 +65,12 @@ def result_record(event: SimulationEvent, summary: dict[str, Any]) -> dict[str, 
         "batch_size": event.batch_size,
         "max_iterations": event.max_iterations,  # for estimates (commands/estimate.py)
         "summarized_at": time.time(),  # the outbox's CALLBACK_MAX_WAIT counts from here
+        "facts": {
+            "persona": event.persona.name,
+            "scenario_id": event.scenario,
+            "endpoint": endpoint,
+            "models": models,  # role -> model (an endpoint's assistant: its model name)
+        },
     }
 
 
@@ -217,13 +226,22 @@ class Pipeline:
             if self.slots is not None:
                 self.slots.leave()
 
+    def models(self, event: SimulationEvent) -> dict[str, str]:
+        """The model of each role of this event, as the engine resolves them."""
+        engine = self.engine
+        models = event.models(engine.user_model, engine.judge_model)
+        endpoint = event.assistant.endpoint if event.assistant else None
+        if endpoint and not (event.assistant and event.assistant.model):
+            models["assistant"] = engine.endpoint_models.get(endpoint, models["assistant"])
+        return models
+
     async def summarized(self, event: SimulationEvent, summary: Summary, source: Source) -> str:
         """The summary durable on the results topic, then the "done" row: from here the
         outbox delivers it, and a redelivered event is skipped."""
         payload = summary.model_dump(mode="json", exclude_none=True)
         metrics.conversation_duration_seconds.observe(summary.duration_ms / 1000)
         metrics.iterations_per_conversation.observe(summary.total_iterations)
-        await self.send_result(event.id.encode(), result_record(event, payload))
+        await self.send_result(event.id.encode(), result_record(event, payload, self.models(event)))
         # Durable before the event is acked: after a crash, only this row tells the
         # redelivered event that its summary is already on the results topic.
         await self.store.put(

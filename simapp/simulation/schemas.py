@@ -7,6 +7,7 @@ whose `detail` names every offending field.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -116,6 +117,20 @@ class SimulationEvent(BaseModel):
     user: UserSpec | None = None
     judge: JudgeSpec | None = None
     min_iterations: int | None = Field(None, ge=1)
+    scenario_id: Id | None = None
+
+    @property
+    def scenario(self) -> str:
+        """The scenario this simulation plays: `scenario_id`, else a stable hash of what
+        makes the simulated user's part (persona, intent, user instructions), so repeats of
+        one scenario pair up across batches (`faust -A simapp compare`)."""
+        if self.scenario_id:
+            return self.scenario_id
+        instructions = self.user.instructions if self.user and self.user.instructions else ""
+        text = json.dumps(
+            [self.persona.model_dump(mode="json"), self.intent, instructions], sort_keys=True
+        )
+        return "s-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     @property
     def assistant_model(self) -> str:
@@ -203,6 +218,7 @@ class Summary(BaseModel):
     batch_id: str = DEFAULT_BATCH_ID
     error: str | None = None
     evaluation: Evaluation | None = None
+    scenario_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
