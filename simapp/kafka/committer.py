@@ -8,14 +8,28 @@ revoke, a stream skips records of an old generation (docs/reliability.md has the
 
 So per source partition (a topic an agent acks) we keep a ledger and commit only what it
 proves finished: from the position the last seek set (the committed offset), every offset is
-in exactly one state until it is finished: fetched and queued for an actor, taken by an actor
-and in flight, or done (acked). The commit is the first offset that is not done. An offset
-that is in none of the states while later ones were fetched is a gap: it was fetched and lost
-before any actor took it. The commit holds below it, it is logged at WARNING and counted
-(`kafka_offset_gaps_total`), and the partition is seeked back to it, so it is fetched again;
-the ledger drops the re-fetched records it already has. An offset that stays missing after
-MAX_REDELIVERIES seeks is not a record (a transaction marker, a compacted key) and is passed.
-Faust's own read offsets are switched off: the ledger does their de-duplication.
+fetched and queued for an actor, taken by an actor and in flight, done (acked), or skipped:
+not a record, on the broker's word. The commit is the first offset that is neither done nor
+skipped.
+
+Skipped: aiokafka's fetcher moves a partition's position past what it reads and does not hand
+out (transaction markers, aborted or compacted records), and past records deleted below the
+log start (simapp/kafka/witness.py, which watches the fetcher in Faust's consumer thread). So
+when a fetch answer from offset `start` hands out its first record at a higher offset, every
+offset in between is not a record, and so is every offset between two records of one answer.
+Those offsets, and only those, are passed; never after a time.
+
+A gap is an offset in none of the states while later ones were fetched: Faust lost it before
+any actor took it (or the actor handed it back, `abandon`). The commit holds below it, it is
+logged at WARNING and counted (`kafka_offset_gaps_total`), and the partition is seeked back to
+it. Then the ledger waits, however long, for the answer to that seek: the first fetch answer
+for the partition made after the seek (by its seek count) that reaches past the offset. When
+that answer has been handed through `getmany`, the offset is either back (queued), skipped (not
+a record), or was lost again, and only then is the partition seeked back again: one seek per
+fetch answer at most, never a seek in a loop, never a give-up. A record that is merely slow
+(the drain loop blocked on a full stream buffer) is waited for. The ledger drops the re-fetched
+records it already has; Faust's own read offsets are switched off, the ledger does their
+de-duplication.
 
 Also here: commit before partitions are revoked (Faust clears the acked offsets first,
 faust-streaming #502), and a shutdown or revoke waits for in-flight events at most its grace
@@ -26,35 +40,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 from weakref import WeakSet
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
+from simapp.kafka.witness import FetchAnswer, FetchNews, FetchWitness
 from simapp.observe import metrics
 
 log = logging.getLogger(__name__)
-
-REDELIVERY_WAIT = 3.0  # seconds a seek back gets to bring the missing offset before the next
-MAX_REDELIVERIES = 3  # seeks after which a missing offset is taken for a non-record
 
 
 class PartitionLedger:
     """Where every offset of one source partition stands, from the commit floor on."""
 
-    __slots__ = ("tp", "base", "queued", "inflight", "done", "fetched_to", "seeked_at", "seeks")
+    __slots__ = (
+        "tp", "base", "queued", "inflight", "done", "skipped", "fetched_to",
+        "seek", "seek_epoch", "heard", "seeks", "reported",
+    )  # fmt: skip
 
     def __init__(self, tp: TP) -> None:
         self.tp = tp
-        self.base: int | None = None  # every offset below it finished (or is not a record)
+        self.base: int | None = None  # every offset below it finished or is not a record
         self.queued: set[int] = set()  # fetched, not yet taken by an actor
         self.inflight: dict[int, Message] = {}  # taken by an actor, not finished
         self.done: set[int] = set()  # finished, at or above base
+        self.skipped: dict[int, int] = {}  # first -> end of offsets a fetch said are no records
         self.fetched_to = 0  # highest offset fetched + 1
-        self.seeked_at: float | None = None  # loop time of the last seek back to base
+        self.seek: int | None = None  # a seek back to this offset waits for its fetch answer
+        self.seek_epoch: int | None = None  # the partition's seek count once that seek was made
+        self.heard: tuple[int, int] = (-1, -1)  # seek count and end of the newest answer
         self.seeks = 0  # seeks back to the current base
+        self.reported: int | None = None  # the missing offset last logged
 
     def admit(self, offset: int) -> bool:
         """A fetched record: True if it is new, False for one the ledger already has."""
@@ -76,45 +95,115 @@ class PartitionLedger:
             self.done.add(message.offset)
 
     def abandon(self, offset: int) -> None:
-        """An actor stopped working on it (cancelled): Faust acks such a message anyway (its
-        stream's `finally`), so it leaves the ledger unfinished and is fetched again."""
+        """An actor stopped working on it (cancelled, or handed back unstarted): Faust acks such
+        a message anyway (its stream's `finally`), so it leaves the ledger unfinished and is
+        fetched again."""
         self.inflight.pop(offset, None)
 
+    def skip(self, first: int, end: int) -> None:
+        """A fetch answer read over [first, end) without a record there: not records."""
+        if self.base is not None:
+            first = max(first, self.base)
+        if end > first:
+            self.skipped[first] = max(end, self.skipped.get(first, end))
+
     def settle(self) -> int | None:
-        """Move finished messages to done and the floor over them; the commit offset."""
+        """Move finished messages to done and the floor over done and skipped offsets; the
+        commit offset."""
         if self.base is None:
             return None
         for offset in [o for o, m in self.inflight.items() if m.acked]:
             del self.inflight[offset]
             if offset >= self.base:
                 self.done.add(offset)
-        moved = False
-        while self.base in self.done:
-            self.done.discard(self.base)
-            self.base += 1
-            moved = True
-        if moved:
-            self.seeks, self.seeked_at = 0, None
+        start = self.base
+        while True:
+            if self.base in self.done:
+                self.done.discard(self.base)
+                self.base += 1
+            elif self.base in self.skipped:
+                self.base = max(self.base + 1, self.skipped.pop(self.base))
+            elif not self._skip_under_base():
+                break
+        if self.base != start:
+            if self.seek is not None and self.base > self.seek:
+                self.seek = self.seek_epoch = None
+            self.seeks = 0
         return self.base
+
+    def _skip_under_base(self) -> bool:
+        """Rare: a skipped range that starts below the floor; move the floor past it when it
+        holds the floor. False when nothing moved."""
+        if not self.skipped or self.base in self.queued or self.base in self.inflight:
+            return False
+        assert self.base is not None
+        moved = False
+        for first in [f for f in self.skipped if f < self.base]:
+            end = self.skipped.pop(first)
+            if end > self.base:
+                self.base = end
+                moved = True
+        return moved
 
     def reset(self, committed: int | None) -> None:
         """After a seek to the committed offset: what was queued is gone (Faust clears the
-        queues next); what is in flight goes on. Without a commit the floor stays where the
-        first fetched record put it."""
+        queues next); what is in flight goes on; any seek back is superseded. Without a commit
+        the floor stays where the first fetched record put it."""
         self.queued.clear()
         if committed is not None and committed >= 0:
             self.base = committed
             self.done = {o for o in self.done if o >= committed}
-        self.seeks, self.seeked_at = 0, None
+            skipped, self.skipped = self.skipped, {}
+            for first, end in skipped.items():
+                self.skip(first, end)
+        self.seek = self.seek_epoch = None
+        self.seeks = 0
 
     def gap(self) -> int | None:
-        """The floor's offset if it was fetched and lost (neither queued, in flight nor done)."""
+        """The floor's offset if it was fetched and lost (in no state, later ones fetched)."""
         base = self.base
         if base is None or base >= self.fetched_to:
             return None
         if base in self.queued or base in self.inflight or base in self.done:
             return None
+        if base in self.skipped:
+            return None
         return base
+
+    def wanted(self) -> int | None:
+        """The gap to seek back to: none while a seek back waits for its answer."""
+        return self.gap() if self.seek is None else None
+
+    # ----- a seek back and its answer ---------------------------------------------------
+    def seeking(self, offset: int) -> None:
+        self.seek, self.seek_epoch = offset, None
+        self.seeks += 1
+
+    def sought(self, epoch: int | None) -> None:
+        """The seek back was made (the partition's seek count after it), or failed (None)."""
+        if self.seek is None:
+            return
+        if epoch is None:
+            self.seek = None  # sought again at the next chance
+            return
+        self.seek_epoch = epoch
+        self._answered()
+
+    def hear(self, epoch: int, end: int) -> bool:
+        """A fetch answer for the partition (its seek count, the position after it) has been
+        handed through getmany: every record it brought was admitted by now. True when it
+        answered the seek back."""
+        self.heard = (epoch, end)
+        return self._answered()
+
+    def _answered(self) -> bool:
+        if self.seek is None or self.seek_epoch is None:
+            return False
+        epoch, end = self.heard
+        if epoch >= self.seek_epoch and end > self.seek:
+            self.seek = self.seek_epoch = None  # back, skipped, or lost again: see gap()
+            return True
+        return False
 
 
 class _TrackingSet(WeakSet):
@@ -154,6 +243,47 @@ class _NoReadOffsets(dict):
         return default
 
 
+class WitnessedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread with a FetchWitness on its aiokafka fetcher: each fetch call's
+    record map comes back as a FetchAnswer carrying the news of the hand-outs behind it."""
+
+    witness: FetchWitness | None = None
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        self.witness = FetchWitness(self._ensure_consumer()._fetcher)
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: Any,
+        timeout: float | None = None,  # noqa: ASYNC109 - Faust's signature
+        max_records: int | None = None,
+    ) -> Any:
+        records = await super()._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=max_records
+        )
+        return FetchAnswer(records, self.witness.take() if self.witness is not None else ())
+
+    async def seek_back(self, offsets: Mapping[TP, int]) -> dict[TP, int | None]:
+        """Seek each partition to its offset; the partition's seek count after the seek (None
+        where it failed, e.g. a partition no longer assigned)."""
+        return await self.call_thread(self._seek_back, offsets)
+
+    async def _seek_back(self, offsets: Mapping[TP, int]) -> dict[TP, int | None]:
+        consumer = self._ensure_consumer()
+        epochs: dict[TP, int | None] = {}
+        for tp, offset in offsets.items():
+            try:
+                consumer.seek(tp, offset)
+            except Exception as exc:  # noqa: BLE001 - sought again at the next chance
+                log.warning("seek back to %s of %s failed: %r", offset, tp, exc)
+                epochs[tp] = None
+                continue
+            epochs[tp] = self.witness.epoch(tp) if self.witness is not None else 0
+        return epochs
+
+
 class SafeCommitConsumer(faust_aiokafka.Consumer):
     """aiokafka-driver Consumer with the ledger commit rule."""
 
@@ -166,6 +296,10 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
         self._grace: float | None = None
         self._read_offset = _NoReadOffsets()
         self._unacked_messages = _TrackingSet(self._on_take)
+        self._news: list[FetchNews] = []  # of the record map getmany is handing out
+
+    def _new_consumer_thread(self) -> WitnessedConsumerThread:
+        return WitnessedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     # ----- the ledgers ------------------------------------------------------------------
     def _tracked(self, tp: TP) -> bool:
@@ -199,11 +333,33 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
         for ledger in self._ledgers.values():
             ledger.queued.clear()
 
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:  # noqa: ASYNC109 - Faust's signature
+        """One fetch call's records; what its answers skipped is written down at once."""
+        records = await super()._getmany(active_partitions, timeout)
+        news = getattr(records, "news", ())
+        for item in news:
+            ledger = self._ledger(TP(item.tp.topic, item.tp.partition))
+            if ledger is not None:
+                for first, end in item.skipped:
+                    ledger.skip(first, end)
+        self._news.extend(news)
+        return records
+
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109 - Faust's signature
-        async for tp, message in super().getmany(timeout):
-            ledger = self._ledger(tp)
-            if ledger is None or ledger.admit(message.offset):
-                yield tp, message
+        try:
+            async for tp, message in super().getmany(timeout):
+                ledger = self._ledger(tp)
+                if ledger is None or ledger.admit(message.offset):
+                    yield tp, message
+        finally:  # the record map is handed out (or dropped): its answers are heard
+            news, self._news = self._news, []
+            answered = False
+            for item in news:
+                ledger = self._ledgers.get(TP(item.tp.topic, item.tp.partition))
+                if ledger is not None and ledger.hear(item.epoch, item.end):
+                    answered = True
+        if answered:  # a seek back was answered: seek again where the offset is still missing
+            await self.redeliver_gaps()
 
     async def highwaters(self, *partitions: TP) -> Any:
         """End offsets for table recovery, checked against the broker's Fetch answer."""
@@ -246,47 +402,47 @@ class SafeCommitConsumer(faust_aiokafka.Consumer):
         return new
 
     async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
-        if not self.app.rebalancing and self.flow_active:
-            await self.redeliver_gaps()
+        await self.redeliver_gaps()
         return await super().commit(topics, start_new_transaction=start_new_transaction)
 
     async def redeliver_gaps(self) -> None:
-        """Seek each partition back to an offset that was fetched and lost."""
-        loop = asyncio.get_running_loop()
+        """Seek each partition back to an offset that was fetched and lost, unless a seek back
+        to it still waits for its fetch answer (no time limit: see the module docstring)."""
+        if self.app.rebalancing or not self.flow_active:
+            return
         seeks: dict[TP, int] = {}
         for tp, ledger in self._ledgers.items():
             ledger.settle()
-            offset = ledger.gap()
+            offset = ledger.wanted()
             if offset is None:
                 continue
-            now = loop.time()
-            if ledger.seeked_at is not None and now - ledger.seeked_at < REDELIVERY_WAIT:
-                continue
-            if ledger.seeks >= MAX_REDELIVERIES:
-                log.warning(
-                    "offset %s of %s[%s] still missing after %d seeks back: not a record "
-                    "(a transaction marker or a compacted key); committing past it",
-                    offset, tp.topic, tp.partition, ledger.seeks,
-                )  # fmt: skip
-                assert ledger.base is not None
-                ledger.base += 1
-                ledger.seeks, ledger.seeked_at = 0, None
-                continue
-            if ledger.seeks == 0:
+            if ledger.reported != offset:
+                ledger.reported = offset
                 metrics.kafka_offset_gaps.labels(tp.topic).inc()
                 log.warning(
                     "offset gap: %s[%s] offset %s was fetched but never processed; holding "
                     "the commit below it and fetching it again",
                     tp.topic, tp.partition, offset,
                 )  # fmt: skip
-            ledger.seeks += 1
-            ledger.seeked_at = now
+            else:
+                log.info(
+                    "offset %s of %s[%s]: the fetch from it answered and it is still missing "
+                    "(lost again before an actor took it); seeking back again (seek %d)",
+                    offset, tp.topic, tp.partition, ledger.seeks + 1,
+                )  # fmt: skip
+            ledger.seeking(offset)
             seeks[tp] = offset
-        if seeks:
-            try:
-                await self.seek_wait(seeks)
-            except Exception as exc:  # a failed seek is retried at the next commit
-                log.warning("seek back to %s failed: %r", seeks, exc)
+        if not seeks:
+            return
+        try:
+            epochs = await self._thread.seek_back(seeks)
+        except Exception as exc:  # sought again at the next commit or fetch answer
+            log.warning("seek back to %s failed: %r", seeks, exc)
+            epochs = {}
+        for tp, offset in seeks.items():
+            ledger = self._ledgers.get(tp)
+            if ledger is not None and ledger.seek == offset and ledger.seek_epoch is None:
+                ledger.sought(epochs.get(tp))
 
     async def _commit(self, offsets: Any) -> bool:
         try:

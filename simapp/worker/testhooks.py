@@ -6,6 +6,10 @@ Nothing here runs unless a worker's environment names a hook; the app installs t
   flow control, which empties the stream queues. Records the conductor queued in between are
   dropped without a trace (tests/test_offset_gaps.py). This hook keeps that window open after
   the seek until HOLD_MIN records are queued (at most HOLD_LIMIT seconds), so it happens every time.
+- hold_drain: when flow control empties stream queues that held records (the loss hold_resume
+  provokes), the drain loop holds the next record it hands on for HOLD_DRAIN seconds, as it
+  does when it is blocked on a full 10,000-event stream buffer: the lost records, sought back,
+  are slow to come (tests/test_offset_gaps.py). The gap rule must wait for them, not pass them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -20,6 +25,7 @@ log = logging.getLogger(__name__)
 ENV = "SIMAPP_TEST_HOOKS"
 HOLD_LIMIT = 5.0
 HOLD_MIN = 3  # records queued before the resume: more than the test's actors can take at once
+HOLD_DRAIN = 30.0  # seconds; far past the 12 s (3 seeks 3 s apart) after which a gap was passed
 
 
 def requested() -> set[str]:
@@ -30,6 +36,8 @@ def install(app: Any) -> None:
     hooks = requested()
     if "hold_resume" in hooks:
         _hold_resume(app)
+    if "hold_drain" in hooks:
+        _hold_drain()
     if hooks:
         log.warning("test hooks installed: %s", ", ".join(sorted(hooks)))
 
@@ -62,3 +70,37 @@ async def _wait_for_queued(app: Any) -> int:
         if queued >= HOLD_MIN or loop.time() >= deadline:
             return queued
         await asyncio.sleep(0.01)
+
+
+def _hold_drain() -> None:
+    from faust.transport.consumer import Consumer
+
+    from simapp.kafka.recovery import LedgerFlowControl
+
+    hold = {"until": 0.0}
+    clear = LedgerFlowControl.clear
+
+    def clear_then_hold(self: Any) -> None:
+        lost = sum(queue.qsize() for queue in self._queues)
+        clear(self)
+        if lost:
+            hold["until"] = time.monotonic() + HOLD_DRAIN
+            log.warning(
+                "test hook hold_drain: %d queued records cleared; the drain loop waits %.0f s",
+                lost,
+                HOLD_DRAIN,
+            )
+
+    getmany = Consumer.getmany
+
+    async def held_getmany(self: Any, timeout: float) -> Any:  # noqa: ASYNC109 - Faust's
+        async for item in getmany(self, timeout):
+            wait = hold["until"] - time.monotonic()
+            if wait > 0:  # the next record waits, whichever fetch it came from
+                await asyncio.sleep(wait)
+                hold["until"] = 0.0
+                log.warning("test hook hold_drain: the drain loop goes on")
+            yield item
+
+    LedgerFlowControl.clear = clear_then_hold
+    Consumer.getmany = held_getmany
