@@ -135,3 +135,57 @@ async def test_custom_end_detection_extension_point():
 
     s = await StopOnA(ScriptedLLM([]), max_iterations_cap=10, timeout=5).run(EVENT)
     assert s.end_reason == "custom" and s.total_iterations == 1
+
+
+class JudgeLLM:
+    """The judge answers from a script of verdict lists (None: an unreadable answer)."""
+
+    def __init__(self, answers: list[list[bool] | None]) -> None:
+        self.answers = list(answers)
+        self.temperatures: list[float] = []
+
+    async def complete(self, model: str, messages: list[dict], **options) -> Completion:
+        if options.get("role") != "judge":
+            return Completion(
+                f"fine {STOP_MARKER}" if "Stop marker" in messages[0]["content"] else "A"
+            )
+        self.temperatures.append(options.get("temperature"))
+        answer = self.answers.pop(0)
+        if answer is None:
+            return Completion("no idea")
+        items = [
+            {"criterion": "c", "passed": p, "reasoning": f"r{i}{p}"} for i, p in enumerate(answer)
+        ]
+        return Completion('{"criteria": ' + __import__("json").dumps(items) + "}")
+
+
+def judged(repeats: int, **judge) -> SimulationEvent:
+    data = EVENT.model_dump()
+    data["judge"] = {"criteria": ["first", "second"], "repeats": repeats, **judge}
+    return SimulationEvent.model_validate(data)
+
+
+async def test_the_judge_asked_three_times_gives_the_majority_and_the_agreement():
+    llm = JudgeLLM([[True, False], [True, True], None, [False, False]])
+    summary = await engine(llm).run(judged(3))
+    evaluation = summary.evaluation
+    assert evaluation is not None and evaluation.repeats == 2  # one answer unreadable
+    first, second = evaluation.criteria
+    assert (first.passed, first.agreed) == (True, 2)
+    assert (second.passed, second.agreed) == (False, 1)  # 1 of 2 passed: a tie fails it
+    assert evaluation.passed is False
+    assert summary.usage.by_role["judge"].llm_calls == 3  # every answer is paid for
+    assert llm.temperatures == [0.7, 0.7, 0.7]  # repeats of a temperature-0 answer say nothing
+
+
+async def test_one_judge_call_by_default_at_temperature_zero():
+    llm = JudgeLLM([[True, True]])
+    summary = await engine(llm).run(judged(1))
+    assert summary.evaluation is not None and summary.evaluation.repeats is None
+    assert [c.agreed for c in summary.evaluation.criteria] == [None, None]
+    assert llm.temperatures == [0.0]
+
+
+def test_judge_repeats_are_bounded():
+    with pytest.raises(ValueError):
+        judged(10)

@@ -131,3 +131,27 @@ async def print_estimate(events: list[dict], s: Settings, workers: int) -> int:
     result = estimate(parsed, s, figures, workers)
     print("\n".join(report_lines(result, s)))
     return 0
+
+
+MAX_REPEATS = 100
+REPEATS_OPTION = option(
+    "--repeats",
+    type=int,
+    default=1,
+    show_default=True,
+    help="send each scenario this many times (distinct ids, one batch; pass^K in the report)",
+)
+
+
+def repeated(event: dict[str, Any], repeats: int) -> list[dict[str, Any]]:
+    """`repeats` copies of an event that play one scenario: ids `<id>-r<k>`, the scenario
+    pinned (the event's scenario_id, else the hash of what the simulated user plays)."""
+    if repeats == 1:
+        return [dict(event)]
+    from simapp.simulation.schemas import SimulationEvent
+
+    scenario = SimulationEvent.model_validate(event).scenario
+    return [
+        {**event, "id": f"{event['id']}-r{k}", "scenario_id": scenario}
+        for k in range(1, repeats + 1)
+    ]

@@ -20,6 +20,8 @@ from simapp.commands.base import (
     ESTIMATE_OPTION,
     FOLLOW_OPTION,
     FOLLOW_TIMEOUT_OPTION,
+    MAX_REPEATS,
+    REPEATS_OPTION,
     WEB_URL_OPTION,
     SimappCommand,
     batch_id_problem,
@@ -28,6 +30,7 @@ from simapp.commands.base import (
     follow_batch,
     new_batch_id,
     print_estimate,
+    repeated,
 )
 from simapp.config import Settings
 from simapp.kafka.producer import encode_event, produce
@@ -76,6 +79,7 @@ if TYPE_CHECKING:  # the embedded stack is imported only when a load test starts
         help="catalogue events with a system under test, user instructions and judge criteria",
     ),
     ESTIMATE_OPTION,
+    REPEATS_OPTION,
     FOLLOW_TIMEOUT_OPTION,
     base=SimappCommand,
 )
@@ -96,11 +100,13 @@ async def loadtest(
     seed: int | None,
     features: bool,
     estimate: bool,
+    repeats: int,
     follow_timeout: float,
 ) -> int:
-    """Send a load-test batch from the built-in catalogue (embedded stack without a broker)."""
-    if count < 1:
-        print("--count must be at least 1", file=sys.stderr)
+    """Send a load-test batch from the built-in catalogue (embedded stack without a broker);
+    with --repeats K, each of the COUNT scenarios K times."""
+    if count < 1 or not 1 <= repeats <= MAX_REPEATS:
+        print(f"--count must be at least 1, --repeats 1..{MAX_REPEATS}", file=sys.stderr)
         return 2
     if batch_id and (problem := batch_id_problem(batch_id)):
         print(problem, file=sys.stderr)
@@ -110,6 +116,7 @@ async def loadtest(
         events = make_batch(
             count, batch_id, callback_url or "http://127.0.0.1/", model, settings, seed, features
         )
+        events = with_repeats(events, repeats)
         return await print_estimate(events, settings, max(1, workers))
     use_embedded = embedded if embedded is not None else not broker_configured(settings)
     if not use_embedded and not callback_url:
@@ -127,6 +134,7 @@ async def loadtest(
             print(f"  broker {session.stack.bootstrap}, progress page {page}/", flush=True)
         assert callback_url is not None
         events = make_batch(count, batch_id, callback_url, model, target, seed, features)
+        events = with_repeats(events, repeats)
         run = Run(target, events, batch_id, rate, session)
         if not follow:
             return await run.send()
@@ -213,6 +221,14 @@ def embedded_worker_settings(
         "concurrent_conversations": concurrency
         or (s.concurrent_conversations if "concurrent_conversations" in fields else 100),
     }
+
+
+def with_repeats(events: list[dict], repeats: int) -> list[dict]:
+    """Each event `repeats` times (one scenario each), the batch size counting them all."""
+    out = [copy for event in events for copy in repeated(event, repeats)]
+    for event in out:
+        event["batch_size"] = len(out)
+    return out
 
 
 def make_batch(

@@ -15,6 +15,8 @@ from simapp.commands.base import (
     ESTIMATE_OPTION,
     FOLLOW_OPTION,
     FOLLOW_TIMEOUT_OPTION,
+    MAX_REPEATS,
+    REPEATS_OPTION,
     WEB_URL_OPTION,
     SimappCommand,
     batch_id_problem,
@@ -22,6 +24,7 @@ from simapp.commands.base import (
     follow_batch,
     new_batch_id,
     print_estimate,
+    repeated,
 )
 from simapp.config import Settings
 from simapp.kafka.producer import encode_event, produce
@@ -29,8 +32,11 @@ from simapp.simulation.schemas import EventDecoder, Rejection
 from simapp.worker.application import app, settings
 
 
-def validate_lines(lines: list[str], s: Settings, batch_id: str) -> tuple[list[dict], list[str]]:
-    """Decode every non-blank line; returns (events with batch id/size set, problems)."""
+def validate_lines(
+    lines: list[str], s: Settings, batch_id: str, repeats: int = 1
+) -> tuple[list[dict], list[str]]:
+    """Decode every non-blank line; returns (events with batch id/size set, each scenario
+    `repeats` times, problems)."""
     decoder = EventDecoder(s)
     problems: list[str] = []
     raw: list[tuple[int, dict]] = []
@@ -54,12 +60,13 @@ def validate_lines(lines: list[str], s: Settings, batch_id: str) -> tuple[list[d
         problems.append("no events in the file")
     events = []
     for number, data in raw:
-        data["batch_id"] = batch_id
-        data["batch_size"] = len(raw)
-        again = decoder.decode(json.dumps(data).encode())
-        if isinstance(again, Rejection):  # e.g. an invalid --batch-id
-            problems.append(f"line {number}: {again.reason}: {again.detail}")
-        events.append(data)
+        for copy in repeated(data, repeats):
+            copy["batch_id"] = batch_id
+            copy["batch_size"] = len(raw) * repeats
+            again = decoder.decode(json.dumps(copy).encode())
+            if isinstance(again, Rejection):  # e.g. an invalid --batch-id, an id too long
+                problems.append(f"line {number}: {again.reason}: {again.detail}")
+            events.append(copy)
     return events, problems
 
 
@@ -69,6 +76,7 @@ def validate_lines(lines: list[str], s: Settings, batch_id: str) -> tuple[list[d
     FOLLOW_OPTION,
     WEB_URL_OPTION,
     ESTIMATE_OPTION,
+    REPEATS_OPTION,
     option(
         "--workers",
         type=int,
@@ -86,6 +94,7 @@ async def submit(
     follow: bool,
     web_url: str | None,
     estimate: bool,
+    repeats: int,
     workers: int,
     follow_timeout: float,
 ) -> int:
@@ -99,8 +108,11 @@ async def submit(
     if batch_id and (problem := batch_id_problem(batch_id)):
         print(problem, file=sys.stderr)
         return 2
+    if not 1 <= repeats <= MAX_REPEATS:
+        print(f"--repeats must be 1..{MAX_REPEATS}", file=sys.stderr)
+        return 2
     batch_id = batch_id or new_batch_id()
-    events, problems = validate_lines(lines, settings, batch_id)
+    events, problems = validate_lines(lines, settings, batch_id, repeats)
     if problems:
         for problem in problems:
             print(f"{file}: {problem}", file=sys.stderr)

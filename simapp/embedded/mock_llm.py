@@ -61,11 +61,19 @@ class MockConfig:
     context_window_tokens: int = 0  # prompts longer than this get OpenAI's 400; 0 = no limit
     empty_user_replies: int = 0  # the next N simulated-user replies are empty
     verbose_reply_chars: int = 0  # assistant replies are this many CJK characters (a verbose model)
+    reply_tag: str = ""  # appended to every assistant reply (tells one chatbot version's replies)
+    # the judge fails a criterion containing "(strict)" with this probability when the
+    # transcript contains judge_strict_tag (decided per transcript and criterion: reproducible)
+    judge_strict_tag: str = ""
+    judge_strict_fail_rate: float = 0.0
+    judge_flip_rate: float = 0.0  # each verdict of the judge flips with this probability
     seed: int | None = None
 
 
 _STATIC_FIELDS = {"host", "port"}
 _FLOAT_FIELDS = {
+    "judge_strict_fail_rate",
+    "judge_flip_rate",
     "latency_ms",
     "latency_jitter_ms",
     "rps_limit",
@@ -92,7 +100,9 @@ def _coerce_field(name: str, value: Any) -> Any:
             raise ValueError(f"{name} must be a number")
         if value < 0:
             raise ValueError(f"{name} must be >= 0")
-        if name in ("error_rate", "hang_rate") and value > 1:
+        if name in ("error_rate", "hang_rate", "judge_strict_fail_rate", "judge_flip_rate") and (
+            value > 1
+        ):
             raise ValueError(f"{name} must be within 0..1")
         return float(value)
     if name in _INT_FIELDS:
@@ -107,6 +117,10 @@ def _coerce_field(name: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("unknown_models must be a list of strings")
         return list(value)
+    if name in ("reply_tag", "judge_strict_tag"):
+        if not isinstance(value, str) or len(value) > 100:
+            raise ValueError(f"{name} must be a string of at most 100 characters")
+        return value
     if name == "latency_distribution":
         if value not in LATENCY_DISTRIBUTIONS:
             raise ValueError(f"latency_distribution must be one of {LATENCY_DISTRIBUTIONS}")
@@ -361,8 +375,9 @@ def _system_text(messages: list[dict[str, Any]]) -> str:
     )
 
 
-def _request_summary(payload: Any, model: str) -> dict[str, Any]:
-    """What a test may ask about a request: model, sampling options, the system prompt."""
+def _request_summary(payload: Any, model: str, authorization: str | None) -> dict[str, Any]:
+    """What a test may ask about a request: model, sampling options, the system prompt, and
+    the Authorization header it carried (which key reached this server; a test server)."""
     messages = payload.get("messages") if isinstance(payload, dict) else None
     messages = messages if isinstance(messages, list) else []
     system = next(
@@ -382,6 +397,7 @@ def _request_summary(payload: Any, model: str) -> dict[str, Any]:
         "messages": len(messages),
         "simulated_user": bool(STOP_MARKER_RE.search(system)),
         "judge": bool(JUDGE_RE.search(system)),
+        "authorization": authorization,
     }
 
 
@@ -422,7 +438,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     state.arrivals.add(now)
     if any(name.lower().startswith("x-simapp") for name in request.headers):
         state.client_headers += 1
-    state.recent.append(_request_summary(payload, model_key))
+    state.recent.append(_request_summary(payload, model_key, request.headers.get("Authorization")))
 
     # Admission: anything not answered 429 here counts as "admitted".
     if cfg.force_429_count > 0:
@@ -583,7 +599,36 @@ def _reply(state: MockState, model: str, messages: list[dict[str, Any]]) -> str:
         reply = ""
     elif cfg.verbose_reply_chars and not STOP_MARKER_RE.search(_system_text(messages)):
         reply = "字" * cfg.verbose_reply_chars  # 3 bytes in UTF-8, 6 in Faust's escaped JSON
+    system = _system_text(messages)
+    if JUDGE_RE.search(system):
+        reply = _judge_rules(state, messages, reply)
+    elif cfg.reply_tag and not STOP_MARKER_RE.search(system):
+        reply = f"{reply} {cfg.reply_tag}"
     return reply
+
+
+def _judge_rules(state: MockState, messages: list[dict[str, Any]], reply: str) -> str:
+    """The judge's configured failures: "(strict)" criteria fail on tagged transcripts, and
+    any verdict may flip (a judge that disagrees with itself)."""
+    cfg = state.config
+    if not (cfg.judge_strict_tag or cfg.judge_flip_rate):
+        return reply
+    try:
+        verdicts = json.loads(reply)["criteria"]
+    except (ValueError, KeyError, TypeError):
+        return reply
+    transcript = "\n".join(_content_text(m.get("content")) for m in messages)
+    tagged = bool(cfg.judge_strict_tag) and cfg.judge_strict_tag in transcript
+    for verdict in verdicts:
+        criterion = str(verdict.get("criterion", ""))
+        if tagged and "(strict)" in criterion:
+            draw = _crc(f"{transcript}|{criterion}") % 10_000 / 10_000
+            if draw < cfg.judge_strict_fail_rate:
+                verdict["passed"] = False
+                verdict["reasoning"] = f"The replies tagged {cfg.judge_strict_tag} miss it."
+        if cfg.judge_flip_rate and state.rng.random() < cfg.judge_flip_rate:
+            verdict["passed"] = not verdict["passed"]
+    return json.dumps({"criteria": verdicts})
 
 
 def _completion(state: MockState, model: str, reply: str, prompt_tokens: int) -> dict[str, Any]:

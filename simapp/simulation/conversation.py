@@ -224,6 +224,25 @@ def parse_verdicts(text: str, criteria: list[str]) -> list[CriterionVerdict] | N
     return verdicts
 
 
+def majority(runs: list[list[CriterionVerdict]]) -> list[CriterionVerdict]:
+    """Per criterion, the verdict most answers gave (a tie fails it), how many gave it, and
+    the reasoning of the first answer that gave it."""
+    out = []
+    for answers in zip(*runs, strict=True):
+        passes = sum(1 for a in answers if a.passed)
+        passed = passes * 2 > len(answers)
+        agreeing = [a for a in answers if a.passed == passed]
+        out.append(
+            CriterionVerdict(
+                criterion=answers[0].criterion,
+                passed=passed,
+                reasoning=agreeing[0].reasoning,
+                agreed=len(agreeing),
+            )
+        )
+    return out
+
+
 class ConversationEngine:
     """Runs one simulation. Stateless between runs; one instance serves every conversation."""
 
@@ -361,25 +380,65 @@ class ConversationEngine:
     async def evaluate(
         self, event: SimulationEvent, state: ConversationState, reason: str
     ) -> Evaluation | None:
-        """The judge: one call over the transcript, after any end but llm_error. Its failure
-        is the evaluation's `error`, never the summary's."""
-        if event.judge is None or reason == END_LLM_ERROR:
+        """The judge: `judge.repeats` calls over the transcript, one after the other, after
+        any end but llm_error; each criterion's verdict is the majority of the answers that
+        could be read (a tie fails it). Its failure is the evaluation's `error`, never the
+        summary's."""
+        judge = event.judge
+        if judge is None or reason == END_LLM_ERROR:
             return None
-        model = event.judge.model or self.judge_model or event.model
+        model = judge.model or self.judge_model or event.model
+        temperature = judge.temperature
+        if temperature is None:
+            temperature = 0.0 if judge.repeats == 1 else 0.7  # repeats of one answer say nothing
+        runs: list[list[CriterionVerdict]] = []
+        error = "no answer"
+        for _ in range(judge.repeats):
+            verdicts, error = await self._judge_once(event, state, model, temperature, error)
+            if verdicts is not None:
+                runs.append(verdicts)
+        if not runs:
+            return Evaluation(model=model, error=error)
+        if judge.repeats == 1:
+            (verdicts,) = runs
+            return Evaluation(
+                passed=all(v.passed for v in verdicts), criteria=verdicts, model=model
+            )
+        verdicts = majority(runs)
+        return Evaluation(
+            passed=all(v.passed for v in verdicts),
+            criteria=verdicts,
+            model=model,
+            repeats=len(runs),
+        )
+
+    async def _judge_once(
+        self,
+        event: SimulationEvent,
+        state: ConversationState,
+        model: str,
+        temperature: float,
+        error: str,
+    ) -> tuple[list[CriterionVerdict] | None, str]:
+        """One judge call: (verdicts, "") or (None, why not)."""
+        assert event.judge is not None
         try:
             async with asyncio.timeout(self.judge_timeout):
                 reply = await self.llm.complete(
-                    model, judge_messages(event, state.history), role=ROLE_JUDGE, temperature=0
+                    model,
+                    judge_messages(event, state.history),
+                    role=ROLE_JUDGE,
+                    temperature=temperature,
                 )
         except LLMError as exc:
-            return Evaluation(model=model, error=f"judge call failed: {exc}"[:1_000])
+            return None, f"judge call failed: {exc}"[:1_000]
         except TimeoutError:
-            return Evaluation(model=model, error=f"judge gave no answer in {self.judge_timeout}s")
+            return None, f"judge gave no answer in {self.judge_timeout}s"
         self._account(state, ROLE_JUDGE, reply)
         verdicts = parse_verdicts(reply.content, list(event.judge.criteria))
         if verdicts is None:
-            return Evaluation(model=model, error=f"unparseable verdict: {reply.content[:300]!r}")
-        return Evaluation(passed=all(v.passed for v in verdicts), criteria=verdicts, model=model)
+            return None, f"unparseable verdict: {reply.content[:300]!r}"
+        return verdicts, error
 
     # ----- driver -----------------------------------------------------------------------
     def strip_marker(self, text: str) -> tuple[str, bool]:

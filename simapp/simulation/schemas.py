@@ -23,6 +23,7 @@ from pydantic import (
 
 from simapp.config import Settings
 from simapp.delivery.urlpolicy import CallbackPolicy
+from simapp.llm.destinations import ModelPolicy
 
 DEFAULT_BATCH_ID = "default"
 
@@ -90,13 +91,20 @@ class UserSpec(BaseModel):
     instructions: Instructions | None = None
 
 
+MAX_JUDGE_REPEATS = 9
+
+
 class JudgeSpec(BaseModel):
-    """Criteria one LLM call checks against the transcript once the conversation ended."""
+    """Criteria the judge checks against the transcript once the conversation ended; asked
+    `repeats` times, each criterion's verdict is the majority (a judge that disagrees with
+    itself says so)."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     criteria: list[Criterion] = Field(min_length=1, max_length=MAX_CRITERIA)
     model: ModelName | None = None
+    repeats: int = Field(1, ge=1, le=MAX_JUDGE_REPEATS)
+    temperature: Temperature | None = None  # default 0 when asked once, else 0.7
 
 
 class SimulationEvent(BaseModel):
@@ -195,6 +203,7 @@ class CriterionVerdict(BaseModel):
     criterion: str
     passed: bool
     reasoning: str = ""
+    agreed: int | None = None  # with judge.repeats > 1: how many answers gave this verdict
 
 
 class Evaluation(BaseModel):
@@ -204,6 +213,7 @@ class Evaluation(BaseModel):
     criteria: list[CriterionVerdict] = Field(default_factory=list)
     model: str
     error: str | None = None
+    repeats: int | None = None  # with judge.repeats > 1: the answers the majority is over
 
 
 class Summary(BaseModel):
@@ -249,10 +259,12 @@ def _peek(data: Any, field: str) -> str | None:
 class EventDecoder:
     """Turns raw Kafka values into events or rejections, under the configured limits."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, resolve_models: bool = True) -> None:
+        """`resolve_models=False` skips where a model would be sent (the LiteLLM route's
+        resolution imports LiteLLM): for `submit --estimate`, never for a worker."""
         self.max_bytes = settings.max_event_bytes
         self.max_iterations = settings.max_iterations
-        self.allowed_models = frozenset(settings.allowed_models)
+        self.model_policy = ModelPolicy(settings, resolve=resolve_models)
         self.callback_policy = CallbackPolicy(settings.callback_allowed_hosts)
         self.endpoints = frozenset(settings.assistant_endpoints)
 
@@ -312,16 +324,15 @@ class EventDecoder:
             )
         endpoint = event.assistant.endpoint if event.assistant else None
         if endpoint is not None and endpoint not in self.endpoints:
-            known = ", ".join(sorted(self.endpoints)) or "none"
-            return (
+            return (  # never the configured names: an event must not learn them
                 "invalid_field",
-                f"assistant.endpoint: {endpoint!r} is not a configured endpoint "
-                f"(ASSISTANT_ENDPOINTS: {known})",
+                f"assistant.endpoint: {endpoint!r} is not a configured endpoint",
             )
-        if self.allowed_models:
-            for name, model in event.named_models().items():
-                if model not in self.allowed_models:
-                    return ("unknown_model", f"{name} {model!r} is not in ALLOWED_MODELS")
+        for name, model in event.named_models().items():
+            refusal = self.model_policy.refusal(model)
+            if refusal is not None:
+                reason, why = refusal
+                return (reason, f"{name} {model!r} {why}")
         problem = self.callback_policy.check(event.callback_url)
         if problem is not None:
             return ("forbidden_callback", f"callback_url: {problem}")
