@@ -168,6 +168,18 @@ class Settings(BaseSettings):
     )
     llm_api_key: SecretStr | None = None
     # --- LLM client (ours) ---
+    llm_api_key_provider: str = Field(
+        "openai",
+        pattern=r"^[a-z0-9][a-z0-9_.\-]*$",
+        description="the LiteLLM provider LLM_API_KEY is sent to on the LiteLLM route without "
+        "LLM_BACKEND_URL (others read LiteLLM's own variables: ANTHROPIC_API_KEY, ...); with "
+        "LLM_BACKEND_URL the key goes to that backend",
+    )
+    llm_allowed_internal_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="internal hosts (names, *.domain, CIDRs) the LiteLLM route may send to, "
+        "e.g. a local Ollama; any other address that is not globally routable is refused",
+    )
     llm_route: LLMRoute = Field(
         LLMRoute.auto,
         description="auto: the OpenAI protocol spoken directly when LLM_BACKEND_URL is set, "
@@ -239,7 +251,16 @@ class Settings(BaseSettings):
         description="the largest record simapp writes to Kafka; below the broker's "
         "message.max.bytes (1 MiB by default) and the producer's max request size",
     )
-    allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="glob patterns (gpt-4o*, anthropic/*) of the models events may name; "
+        "empty = any",
+    )
+    allowed_providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="providers the models events name may go to (LiteLLM's names: openai, "
+        "anthropic, ...); empty = any",
+    )
 
     # --- Metrics / web / logs ---
     metrics_port: int = Field(8000, ge=0, le=65535)
@@ -275,7 +296,13 @@ class Settings(BaseSettings):
         50, ge=0, le=1000, description="unfinished batches with their own Prometheus series"
     )
 
-    @field_validator("callback_allowed_hosts", "allowed_models", mode="before")
+    @field_validator(
+        "callback_allowed_hosts",
+        "allowed_models",
+        "allowed_providers",
+        "llm_allowed_internal_hosts",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -287,6 +314,7 @@ class Settings(BaseSettings):
         "kafka_ssl_cafile",
         "kafka_ssl_certfile",
         "kafka_ssl_keyfile",
+        "llm_backend_url",
         mode="before",
     )
     @classmethod
@@ -390,7 +418,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"endpoint name {name!r}: letters, digits, . _ - (max 64)")
         return value
 
-    @field_validator("callback_allowed_hosts")
+    @field_validator("callback_allowed_hosts", "llm_allowed_internal_hosts")
     @classmethod
     def _hosts(cls, value: list[str]) -> list[str]:
         for entry in value:

@@ -14,16 +14,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-RUNTIME = {"config", "observe", "limits", "kafka", "llm", "delivery", "simulation"}
+RUNTIME = {"config", "observe", "limits", "outbound", "kafka", "llm", "delivery", "simulation"}
 # folder -> the folders it may import (itself always); "config" is simapp/config.py
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "observe": {"config"},
     "limits": {"config"},
+    "outbound": {"config"},
     "kafka": {"config", "observe"},
-    "llm": {"config", "observe", "limits"},
-    "delivery": {"config", "observe", "limits", "kafka"},
-    "simulation": {"config", "observe", "limits", "kafka", "llm", "delivery"},
+    "llm": {"config", "observe", "limits", "outbound"},
+    "delivery": {"config", "observe", "limits", "outbound", "kafka"},
+    "simulation": {"config", "observe", "limits", "outbound", "kafka", "llm", "delivery"},
     "embedded": {"config", "observe", "kafka"},
     "worker": RUNTIME,
     "tables": {"config", "observe", "worker"},

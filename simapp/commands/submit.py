@@ -33,11 +33,12 @@ from simapp.worker.application import app, settings
 
 
 def validate_lines(
-    lines: list[str], s: Settings, batch_id: str, repeats: int = 1
+    lines: list[str], s: Settings, batch_id: str, repeats: int = 1, resolve_models: bool = True
 ) -> tuple[list[dict], list[str]]:
     """Decode every non-blank line; returns (events with batch id/size set, each scenario
-    `repeats` times, problems)."""
-    decoder = EventDecoder(s)
+    `repeats` times, problems). `resolve_models=False` (--estimate) leaves out where each
+    model would be sent, which loads LiteLLM on its route."""
+    decoder = EventDecoder(s, resolve_models=resolve_models)
     problems: list[str] = []
     raw: list[tuple[int, dict]] = []
     first_line: dict[str, int] = {}
@@ -112,7 +113,9 @@ async def submit(
         print(f"--repeats must be 1..{MAX_REPEATS}", file=sys.stderr)
         return 2
     batch_id = batch_id or new_batch_id()
-    events, problems = validate_lines(lines, settings, batch_id, repeats)
+    events, problems = validate_lines(
+        lines, settings, batch_id, repeats, resolve_models=not estimate
+    )
     if problems:
         for problem in problems:
             print(f"{file}: {problem}", file=sys.stderr)

@@ -16,19 +16,17 @@ guarded resolver at connect time; 301/302/303 would turn the POST into a GET and
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-import socket
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from simapp.config import Settings
-from simapp.delivery.urlpolicy import CallbackPolicy, is_internal_address
+from simapp.delivery.urlpolicy import CallbackPolicy
 from simapp.limits.retry import backoff, retry_after_seconds
+from simapp.outbound.addresses import GuardedResolver
 
 USER_AGENT = "simapp/0.1 (+callback)"
 MAX_REDIRECTS = 3
@@ -58,26 +56,6 @@ class Attempt:
     status: int | None = None
     retry_after: float | None = None
     error: str | None = None
-
-
-class GuardedResolver(AbstractResolver):
-    """Refuses host names that resolve to internal addresses (DNS rebinding), unless an
-    allowlist is configured (then the allowlist is the rule)."""
-
-    def __init__(self, policy: CallbackPolicy) -> None:
-        self.policy = policy
-        self.inner = aiohttp.ThreadedResolver()
-
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict]:
-        infos = await self.inner.resolve(host, port, family)
-        if not self.policy.restricted:
-            for info in infos:
-                if is_internal_address(ipaddress.ip_address(info["host"])):
-                    raise OSError(f"{host} resolves to internal address {info['host']}")
-        return infos
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 class _Final(Exception):
@@ -120,8 +98,13 @@ class CallbackSender:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # With an allowlist, the allowlist is the rule; without, no name may resolve to an
+            # internal address (DNS rebinding).
+            resolver = GuardedResolver(
+                lambda host, addr: self.policy.restricted, "CALLBACK_ALLOWED_HOSTS"
+            )
             connector = aiohttp.TCPConnector(
-                limit=self.pool_size, resolver=GuardedResolver(self.policy), ttl_dns_cache=60
+                limit=self.pool_size, resolver=resolver, ttl_dns_cache=60
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

@@ -1,6 +1,7 @@
 """The engine's LLM: every call waits for its budgets, passes the breaker, and is retried.
 
-Per attempt: wait while the backend's breaker is open -> a slot in every budget the call
+Per attempt: wait while the call's breaker is open (its backend's; its provider's on the
+LiteLLM route by model name) -> a slot in every budget the call
 belongs to (model ceiling, then the backend's) -> the breaker admits it (or the slot is spent
 unused and we wait again) -> the route sends it, its bytes held by the send gate at the write.
 A 429 pauses the call's budgets for the advised time (every queued caller waits) and is tried
@@ -53,12 +54,21 @@ class Route(Protocol):
 
 @dataclass
 class Backend:
-    """An LLM backend: its route and its own circuit breaker (its budget is in RateLimits)."""
+    """An LLM backend: its route and its own circuit breaker (its budget is in RateLimits), or
+    one breaker per provider (`breakers`: the LiteLLM route by model name), so a dead provider
+    pauses only its own calls."""
 
     name: str
     route: Route
-    breaker: AsyncCircuitBreaker
+    breaker: AsyncCircuitBreaker | None  # None with `breakers`
     first_call: Any = None  # LiteLLM's FirstCallGate; None on the direct route
+    breakers: Callable[[str], AsyncCircuitBreaker] | None = None  # model -> its breaker
+
+    def breaker_for(self, model: str) -> AsyncCircuitBreaker:
+        if self.breakers is not None:
+            return self.breakers(model)
+        assert self.breaker is not None, "a backend has a breaker or breakers"
+        return self.breaker
 
 
 class CallObserver(Protocol):
@@ -166,16 +176,17 @@ class LLMClient:
     ) -> tuple[Completion, float]:
         """One try: the reply, and when (time.monotonic()) its request went out."""
         release = await backend.first_call.enter() if backend.first_call is not None else None
+        breaker = backend.breaker_for(model)
         try:
             while True:
                 # Wait for the breaker before taking a slot: callers parked while it is open
                 # hold no grant, so when it closes they are paced by the budget, not a burst.
-                await backend.breaker.ready()
+                await breaker.ready()
                 waited = await self.limits.acquire(budgets, estimate)
                 if waited > 0:
                     self.metrics.rate_wait(model, waited)
                 try:
-                    ticket = backend.breaker.admit()
+                    ticket = breaker.admit()
                 except BreakerOpen:
                     self.metrics.llm_error(model, "breaker_open")
                     continue  # the slot is spent unused: conservative, never a burst
@@ -188,12 +199,12 @@ class LLMClient:
                     model, messages, budgets, temperature=temperature, max_tokens=max_tokens
                 )
             except BaseException as exc:
-                backend.breaker.record(ticket, exc)
+                breaker.record(ticket, exc)
                 raise
             finally:
                 if self.observer is not None:
                     self.observer.call_ended(handle)
-            backend.breaker.record(ticket, None)
+            breaker.record(ticket, None)
         finally:
             if release is not None:
                 release()

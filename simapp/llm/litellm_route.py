@@ -5,6 +5,11 @@ seed promises), or with LLM_ROUTE=litellm. LiteLLM's and the OpenAI SDK's own re
 (`max_retries=0`, never `num_retries`: ours are the only retry layer), and `timeout` and
 `max_retries` stay constant (each distinct value makes LiteLLM cache a new client with its own
 pool). Requests go through our LLM session (`shared_session`), so the send gate applies.
+
+Keys go where they belong: LLM_API_KEY only to the provider LLM_API_KEY_PROVIDER names (or to
+LLM_BACKEND_URL when set); any other provider gets no key from us, so LiteLLM reads its own
+variable (ANTHROPIC_API_KEY, ...). A model's provider is the one simapp/llm/destinations.py
+resolves, which also picks the call's circuit breaker.
 """
 
 from __future__ import annotations
@@ -18,15 +23,17 @@ import aiohttp
 
 from simapp.limits.budgets import Budget
 from simapp.llm.completion import Completion
+from simapp.llm.destinations import Destinations, Unroutable
 from simapp.llm.errors import (
     CONNECTION_ERROR,
     CONTEXT_WINDOW,
+    FATAL,
     TIMEOUT,
     ProviderError,
     is_context_window_text,
     kind_of_status,
 )
-from simapp.llm.session import BUDGET_HEADER
+from simapp.llm.session import BUDGET_HEADER, DestinationRefused
 
 _litellm: Any = None
 
@@ -93,17 +100,35 @@ class LiteLLMRoute:
         timeout: float,
         pool_size: int,
         session: Any,
+        destinations: Destinations,
+        key_provider: str = "openai",
     ) -> None:
         self.litellm = import_litellm(pool_size)
         self.api_base = api_base
         # An OpenAI-compatible backend without auth still needs a non-empty key for the SDK.
         self.api_key = api_key or ("no-key" if api_base else None)
+        self.key_provider = key_provider
+        self.destinations = destinations
         self._timeout = timeout
         self._session = session
         self.first_call = FirstCallGate()
 
     def provider_model(self, model: str) -> str:
         return f"openai/{model}" if self.api_base else model
+
+    def provider_of(self, model: str) -> str:
+        """The provider a model's calls go to ("unknown" when LiteLLM cannot route it)."""
+        try:
+            return self.destinations.resolve(model).provider
+        except Unroutable:
+            return "unknown"
+
+    def key_for(self, model: str) -> str | None:
+        """LLM_API_KEY for the backend or the provider named for it; None lets LiteLLM take
+        the provider's own variable."""
+        if self.api_base or self.provider_of(model) == self.key_provider:
+            return self.api_key
+        return None
 
     async def close(self) -> None:
         await self._session.close()
@@ -129,7 +154,7 @@ class LiteLLMRoute:
                     model=self.provider_model(model),
                     messages=messages,
                     api_base=self.api_base,
-                    api_key=self.api_key,
+                    api_key=self.key_for(model),
                     timeout=self._timeout,
                     max_retries=0,
                     shared_session=self._session(),
@@ -155,6 +180,9 @@ def provider_error(exc: BaseException) -> ProviderError:
     InternalServerError, a hang -> Timeout 408, refused -> InternalServerError "Connection
     error." with openai.APIConnectionError in the cause chain, context too long ->
     ContextWindowExceededError)."""
+    refused = next((c for c in _chain(exc) if isinstance(c, DestinationRefused)), None)
+    if refused is not None:  # our session refused to connect: nothing was sent
+        return ProviderError(FATAL, f"refused: {refused}")
     code = status_of(exc)
     message = f"{type(exc).__name__} (HTTP {code}): {exc}".replace("\n", " ")
     name = type(exc).__name__

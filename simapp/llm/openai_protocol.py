@@ -4,12 +4,16 @@ For any OpenAI-compatible server (a LiteLLM proxy, vLLM, OpenAI, Azure OpenAI, a
 chatbot endpoint): `POST {base}/chat/completions`, content and `usage` from the JSON, status
 and Retry-After from the response, cost from LiteLLM's cost map. A call costs a fraction of a
 millisecond of CPU here, against 7-13 ms through `litellm.acompletion` (docs/benchmarks.md).
+
+A transport error's text goes into summaries, so it names the backend by its label (an
+endpoint's name, "the LLM backend"), never its host or address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,8 +44,10 @@ class OpenAIProtocol:
         api_key: str | None,
         timeout: float,
         session: Any,
+        label: str = "the LLM backend",
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
+        self.label = label
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = timeout
         self._session = session
@@ -73,7 +79,7 @@ class OpenAIProtocol:
         except TimeoutError:
             raise ProviderError(TIMEOUT, f"no answer within {self._timeout:g}s") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise ProviderError(CONNECTION_ERROR, f"{type(exc).__name__}: {exc}") from None
+            raise ProviderError(CONNECTION_ERROR, transport_error(self.label, exc)) from None
         if not 200 <= status < 300:
             text = _error_text(raw)
             raise ProviderError(
@@ -95,6 +101,15 @@ class OpenAIProtocol:
             completion_tokens=completion,
             cost_usd=costs.cost_of(model, prompt, completion),
         )
+
+
+def transport_error(label: str, exc: BaseException) -> str:
+    """What failed, without the host, address or URL that aiohttp's and asyncio's messages
+    carry ("Cannot connect to host 10.0.0.5:8080", "Connect call failed ('10.0.0.5', 8080)"):
+    the error's class and the text of its errno."""
+    number = getattr(exc, "errno", None)
+    reason = f": {os.strerror(number)}" if isinstance(number, int) and number > 0 else ""
+    return f"connection error to {label} ({type(exc).__name__}{reason})"
 
 
 def _error_text(raw: bytes) -> str:

@@ -2,6 +2,6 @@
 
 application (the app, its Faust settings, the topics), parts (the rate limits, LLM backends
 and pipeline built from the settings), console (JSON logs from the first line), testhooks.
-May import every runtime folder below it (config, observe, limits, kafka, llm, delivery,
-simulation); never agents, tables, web, commands, embedded or lab.
+May import every runtime folder below it (config, observe, limits, outbound, kafka, llm,
+delivery, simulation); never agents, tables, web, commands, embedded or lab.
 """

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiokafka.errors import MessageSizeTooLargeError
@@ -27,11 +28,19 @@ from simapp.limits.budgets import DEFAULT_BACKEND, RateLimits
 from simapp.limits.concurrency import ConversationSlots
 from simapp.limits.group import GroupAllotment, read_layout
 from simapp.llm.client import Backend, CallObserver, LLMClient, RetryPolicy
+from simapp.llm.destinations import (
+    OPENAI_BASE_URL,
+    Destinations,
+    ModelPolicy,
+    Unroutable,
+    destinations_for,
+)
 from simapp.llm.errors import is_backend_failure
 from simapp.llm.session import llm_session
 from simapp.observe import metrics
 from simapp.observe.metrics import LLMMetrics, ModelLabels
 from simapp.observe.progress import ProgressReporter
+from simapp.outbound.addresses import HostList, origin_of
 from simapp.simulation.checkpoints import TableStore
 from simapp.simulation.conversation import ConversationEngine
 from simapp.simulation.ledger import RunLedger
@@ -39,8 +48,6 @@ from simapp.simulation.pipeline import Pipeline
 from simapp.simulation.schemas import EventDecoder
 
 log = logging.getLogger(__name__)
-
-OPENAI_BASE_URL = "https://api.openai.com/v1"  # LLM_ROUTE=openai without LLM_BACKEND_URL
 
 
 def load_engine_class(path: str) -> type[ConversationEngine]:
@@ -96,6 +103,14 @@ def redactor(*secrets: str | None) -> Callable[[str], str]:
     return redact
 
 
+def url_password(url: str | None) -> str | None:
+    """The password a URL carries (user:password@host), to redact wherever it might show."""
+    try:
+        return urlsplit(url).password if url else None
+    except ValueError:
+        return None
+
+
 def configured_models(s: Settings) -> list[str]:
     """Model names the operator wrote down (they keep their metric labels)."""
     names = [s.user_simulator_model, s.judge_model, *s.llm_model_rate_limits]
@@ -122,25 +137,40 @@ def llm_client(
     llm_metrics = LLMMetrics(ModelLabels(configured_models(s)))
     session = LazySession(lambda: llm_session(limits, s.llm_pool_size))
     key = s.llm_api_key.get_secret_value() if s.llm_api_key else None
-    name = s.llm_backend_url or "provider-default"
+    destinations = destinations_for(s)
+    backend_url = s.llm_backend_url or (OPENAI_BASE_URL if s.direct_llm_route else None)
+    name = origin_of(backend_url) if backend_url else "provider-default"  # never credentials
+    breakers = None
     if s.direct_llm_route:
         from simapp.llm.openai_protocol import OpenAIProtocol
 
-        route: Any = OpenAIProtocol(
-            s.llm_backend_url or OPENAI_BASE_URL, key, s.llm_timeout, session
-        )
+        route: Any = OpenAIProtocol(backend_url or OPENAI_BASE_URL, key, s.llm_timeout, session)
         first_call = None
     else:
         from simapp.llm.litellm_route import LiteLLMRoute
 
-        route = LiteLLMRoute(s.llm_backend_url, key, s.llm_timeout, s.llm_pool_size, session)
-        first_call = route.first_call
-    backends = {
-        DEFAULT_BACKEND: Backend(
-            DEFAULT_BACKEND, route, breaker_for(name, s, llm_metrics), first_call
+        route_session = session
+        if destinations.by_name:  # where a model name says: the session refuses internal hosts
+            allowed = HostList(s.llm_allowed_internal_hosts)
+            route_session = LazySession(lambda: llm_session(limits, s.llm_pool_size, allowed))
+            breakers = provider_breakers(destinations, s, llm_metrics)
+        route = LiteLLMRoute(
+            s.llm_backend_url,
+            key,
+            s.llm_timeout,
+            s.llm_pool_size,
+            route_session,
+            destinations,
+            key_provider=s.llm_api_key_provider,
         )
+        first_call = route.first_call
+        if destinations.by_name:
+            warn_operator_models(s, ModelPolicy(s, destinations))
+    backend_breaker = breaker_for(name, s, llm_metrics) if breakers is None else None
+    backends = {
+        DEFAULT_BACKEND: Backend(DEFAULT_BACKEND, route, backend_breaker, first_call, breakers)
     }
-    secrets = [key]
+    secrets = [key, url_password(s.llm_backend_url)]
     for endpoint_name, endpoint in s.assistant_endpoints.items():
         from simapp.llm.openai_protocol import OpenAIProtocol
 
@@ -151,8 +181,14 @@ def llm_client(
                 endpoint_name,
                 endpoint.api_key_env,
             )
-        secrets.append(endpoint_key)
-        endpoint_route = OpenAIProtocol(endpoint.base_url, endpoint_key, s.llm_timeout, session)
+        secrets += [endpoint_key, url_password(endpoint.base_url)]
+        endpoint_route = OpenAIProtocol(
+            endpoint.base_url,
+            endpoint_key,
+            s.llm_timeout,
+            session,
+            label=f"endpoint {endpoint_name!r}",
+        )
         backends[endpoint_name] = Backend(
             endpoint_name,
             endpoint_route,
@@ -166,6 +202,41 @@ def llm_client(
         redact=redactor(*secrets),
         observer=observer,
     )
+
+
+def provider_breakers(
+    destinations: Destinations, s: Settings, llm_metrics: LLMMetrics
+) -> Callable[[str], AsyncCircuitBreaker]:
+    """model -> its provider's breaker, made on the provider's first call: a dead provider
+    pauses its own calls, not every conversation."""
+    by_provider: dict[str, AsyncCircuitBreaker] = {}
+
+    def breaker(model: str) -> AsyncCircuitBreaker:
+        try:
+            provider = destinations.resolve(model).provider
+        except Unroutable:
+            provider = "unknown"
+        found = by_provider.get(provider)
+        if found is None:
+            found = by_provider[provider] = breaker_for(f"provider:{provider}", s, llm_metrics)
+        return found
+
+    return breaker
+
+
+def warn_operator_models(s: Settings, policy: ModelPolicy) -> None:
+    """USER_SIMULATOR_MODEL and JUDGE_MODEL are the operator's: no event rule applies to them,
+    but their calls meet the same session guard, so say so at start-up."""
+    for setting, model in (("USER_SIMULATOR_MODEL", s.user_simulator_model),
+                           ("JUDGE_MODEL", s.judge_model)):  # fmt: skip
+        if not model:
+            continue
+        try:
+            problem = policy.address_refusal(policy.destinations.resolve(model))
+        except Unroutable as exc:
+            problem = str(exc)
+        if problem is not None:
+            log.warning("%s %r %s; its calls will fail", setting, model, problem)
 
 
 def sender_to(topic: Any) -> Callable[[bytes, Any], Awaitable[Awaitable[Any]]]:
