@@ -6,25 +6,56 @@ that partition, is the only writer of the batch's row (docs/architecture.md, "Wh
 table"). It also keeps the per-batch Prometheus gauges of the batches it owns.
 The topic is declared raw (simapp/worker/application.py) and decoded here, so a malformed message is
 logged and skipped instead of stopping the agent; an already decoded dict is accepted too.
+
+A counted final message (completed or failed) is also folded into the batch's report row
+(tables/reports.py, simapp/observe/report.py): one more row write per simulation.
+
+The batch webhook. When the batch's row has finished (its total known and counted), its
+report has a batch_callback_url and has not been sent, the agent writes a batch record to the
+results topic (keyed by batch id), awaits its ack, then marks the report sent and awaits that
+row's changelog write; the outbox delivers the record like a summary (URL policy, signing,
+breaker, pace, retries, Idempotency-Key = batch id). The check runs on every message of a
+finished batch, repeats included, and the message is acked only after both awaits, so:
+- a crash before the record's ack: the message was not committed (Faust flushes and commits
+  only what was processed), it comes back, the report still says unsent, the record is sent;
+- a crash after the "sent" mark is durable: the report says sent, nothing is sent again;
+- a crash between the two (one changelog round trip): the record is written twice; the outbox
+  drops a repeat of a batch it already delivered, otherwise the receiver gets the same
+  Idempotency-Key twice, as with any summary after a crash;
+- the record could not be sent (broker): the message is handed back and fetched again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
+from simapp.agents.wiring import give_back
 from simapp.tables.progress import (
     active_partitions,
     batches,
+    members_owning,
     progress_seen_table,
     progress_table,
     seen_key,
 )
+from simapp.tables.reports import report_row, reports_table
 
 from simapp.observe import metrics
-from simapp.observe.progress import BadMessage, apply_once, parse_message, view
+from simapp.observe.progress import FINAL, BadMessage, apply_once, parse_message, view
+from simapp.observe.report import (
+    batch_record,
+    budget_of,
+    fold,
+    new_report,
+    report_view,
+    webhook_due,
+)
 from simapp.worker.application import app, settings, topics
+from simapp.worker.parts import record_sender
+from simapp.worker.testhooks import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +63,12 @@ GAUGE_REFRESH_SECONDS = 5.0
 _gauged: set[str] = set()
 
 
-def record(value: Any, partition: int) -> bool:
-    """Apply one raw progress message to the tables; returns whether it counted."""
+send_batch_record = record_sender(topics.results, settings.max_record_bytes)
+
+
+def record(value: Any, partition: int) -> dict[str, Any] | None:
+    """Apply one raw progress message to the tables; returns the batch's report when its
+    batch webhook is due (see the module docstring), else None."""
     if isinstance(value, bytes | bytearray | str):
         value = json.loads(value)
     msg = parse_message(value)
@@ -47,22 +82,77 @@ def record(value: Any, partition: int) -> bool:
         log.debug("duplicate progress %s for %s (seen %s)", msg["kind"], key, seen)
     progress_table[batch_id] = row
     batches.note(row)
-    return counted
+    report = None
+    if counted and msg["kind"] in FINAL:
+        report = fold_report(batch_id, msg, row)
+    if row.get("finished_at") is None:
+        return None
+    report = report if report is not None else report_row(batch_id)
+    return report if webhook_due(report, row) else None
+
+
+def fold_report(batch_id: str, msg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any] | None:
+    """The batch's report row with the message folded in and written; None (logged) when the
+    stored row cannot take it: the progress counts go on whatever happens to the report."""
+    report = report_row(batch_id) or new_report(batch_id)
+    try:
+        fold(
+            report,
+            msg,
+            top_n=settings.report_top_n,
+            kept=settings.report_failures_kept,
+            started_at=row.get("started_at"),
+        )
+    except Exception:  # noqa: BLE001 - a row of another version, say; never stop the agent
+        log.exception("batch report of %s: %s not folded", batch_id, msg["simulation_id"])
+        return None
+    reports_table[batch_id] = report
+    return report
+
+
+def current_budget() -> tuple[float, str]:
+    return budget_of(
+        settings.llm_global_rate_limit_rps, settings.llm_rate_limit_rps, members_owning()
+    )
+
+
+async def send_report(report: dict[str, Any], partition: int) -> None:
+    """The batch record on the results topic (acked), then the report marked sent (its
+    changelog write acked): at most a changelog round trip in which a crash sends it twice."""
+    batch_id = report["batch_id"]
+    row = progress_table.get(batch_id)
+    now = time.time()
+    shown = report_view(report, view(row, now) if row else None, budget=current_budget())
+    crash_point("kill_before_batch_report")
+    await send_batch_record(batch_id.encode(), batch_record(report, shown, now))
+    report["webhook"]["sent_at"] = now
+    reports_table.data[batch_id] = report
+    await reports_table.send_changelog(partition, batch_id, report)
+    log.info("batch %s finished: its report is on its way to its batch_callback_url", batch_id)
 
 
 @app.agent(topics.progress, concurrency=1)
 async def track_progress(stream: Any) -> None:
     async for event in stream.events():
+        message = event.message
         try:
-            record(event.value, event.message.partition)
+            due = record(event.value, message.partition)
         except (BadMessage, ValueError, TypeError) as exc:
             log.warning(
                 "skipping bad progress message at %s[%s]@%s: %s",
-                event.message.topic,
-                event.message.partition,
-                event.message.offset,
+                message.topic,
+                message.partition,
+                message.offset,
                 exc,
             )
+            continue
+        if due is None:
+            continue
+        try:
+            await send_report(due, message.partition)
+        except Exception:  # the broker: fetch the message again, the report is still due
+            log.exception("batch report of %s not sent; the message comes back", due["batch_id"])
+            give_back(message)
 
 
 @app.timer(GAUGE_REFRESH_SECONDS)

@@ -2,11 +2,11 @@
 
 Every second each table's sweeper (simapp/worker/retention.py) looks at up to
 RETENTION_SWEEP_ROWS rows of the partitions this worker owns: progress rows of batches that
-finished (or heard nothing) more than BATCH_RETENTION ago, the "seen" entries of batches
-whose row is gone, and simulation rows older than SIMULATION_RETENTION. The progress sweep
-also notes every row it walks in the batch index, so batches recovered after a rebalance are
-listed without reading the whole table at once. Rows per table after each full pass are the
-`table_rows{table}` gauge; `make soak` reads it.
+finished (or heard nothing) more than BATCH_RETENTION ago, the "seen" entries and report rows
+of batches whose progress row is gone, and simulation rows older than SIMULATION_RETENTION.
+The progress sweep also notes every row it walks in the batch index, so batches recovered
+after a rebalance are listed without reading the whole table at once. Rows per table after
+each full pass are the `table_rows{table}` gauge; `make soak` reads it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from simapp.tables.progress import (
     progress_seen_table,
     progress_table,
 )
+from simapp.tables.reports import reports_table
 from simapp.tables.simulations import simulations
 
 from simapp.observe import metrics
@@ -49,6 +50,10 @@ def _seen_expired(key: Any, value: Any) -> bool:
     return progress_table.data.get(batch_id) is None  # its batch expired
 
 
+def _report_expired(batch_id: Any, row: Any) -> bool:
+    return progress_table.data.get(str(batch_id)) is None  # its batch expired
+
+
 def _simulation_expired(simulation_id: Any, row: Any) -> bool:
     updated = row.get("updated") if isinstance(row, dict) else None
     return not isinstance(updated, int | float) or (
@@ -64,6 +69,7 @@ per_tick = max(1, int(settings.retention_sweep_rows * SWEEP_SECONDS))
 sweepers = {
     "progress": TableSweeper(progress_table, _progress_expired, _batch_partition, per_tick),
     "progress-seen": TableSweeper(progress_seen_table, _seen_expired, _batch_partition, per_tick),
+    "reports": TableSweeper(reports_table, _report_expired, _batch_partition, per_tick),
     "simulations": TableSweeper(
         simulations, _simulation_expired, lambda key: key_partition(str(key), N), per_tick
     ),

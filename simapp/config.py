@@ -296,6 +296,22 @@ class Settings(BaseSettings):
         50, ge=0, le=1000, description="unfinished batches with their own Prometheus series"
     )
 
+    # --- The batch report (simapp/observe/report.py) ---
+    report_top_n: int = Field(
+        30,
+        ge=1,
+        le=500,
+        description="personas, models, endpoints and criteria a batch report names (the first "
+        "ones seen); later ones are summed under 'other'",
+    )
+    report_failures_kept: int = Field(
+        50,
+        ge=0,
+        le=1000,
+        description="failing simulations a batch report lists (the newest), each with a "
+        "pointer to its transcript on the results topic",
+    )
+
     @field_validator(
         "callback_allowed_hosts",
         "allowed_models",

@@ -46,6 +46,17 @@ def active_partitions() -> set[int]:
     return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == name}
 
 
+def members_owning() -> int:
+    """Workers that own partitions of the progress changelog in the current assignment (the
+    members a per-worker LLM budget is multiplied by); 0 before an assignment."""
+    topic = changelog_topic_name()
+    try:
+        meta = app.router.table_metadata(progress_table.name)
+    except Exception:  # noqa: BLE001 - no assignment yet
+        return 0
+    return sum(1 for tps in meta.values() if tps.get(topic))
+
+
 # This worker's batches (simapp/observe/progress.py BatchIndex): noted by the progress agent
 # and by the retention sweep (agents/retention.py), read by the views and the gauges.
 batches = BatchIndex()

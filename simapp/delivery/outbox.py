@@ -15,6 +15,14 @@ it became durable; then, or at once for an answer that retrying cannot change (a
 refused redirect), it becomes a `callback_failed` dead letter that `dlq replay` re-sends.
 Every attempt POSTs the same bytes with the same Idempotency-Key.
 
+A simulation's final progress message carries the compact facts of its record (persona,
+models, usage, the judge's verdicts; simapp/observe/report.py) for the batch report. A *batch
+record* (`"kind": "batch"`, written by the progress agent when a batch with a
+batch_callback_url finished, keyed by batch id) is delivered the same way, with the batch id
+as Idempotency-Key; it sends no progress message, and a repeat of a batch this process already
+delivered is dropped (the progress agent can write it twice when a worker dies in the few
+milliseconds between the record's ack and its report row's "sent" mark).
+
 Memory: the outbox holds at most CALLBACK_PENDING_BYTES of summaries; past it the deliver
 agent reads no more records until some are settled. When Faust stops the flow of events (a
 rebalance, a shutdown), summaries not being POSTed at that moment are handed back unsettled:
@@ -41,10 +49,12 @@ from simapp.limits.breaker import AsyncCircuitBreaker, BreakerOpen
 from simapp.observe import metrics
 from simapp.observe.logs import log_outcome
 from simapp.observe.progress import ProgressReporter
+from simapp.observe.report import simulation_facts
 
 log = logging.getLogger(__name__)
 
 MAX_RECEIVERS = 1_000  # receivers whose breaker and pace are kept (idle ones are forgotten)
+BATCHES_REMEMBERED = 10_000  # batch ids whose report this process delivered (repeats dropped)
 WAITING_SHOWN = 20  # receivers listed in `waiting()` (the most summaries first)
 
 Settle = Callable[[bool], None]  # True: the outcome is durable; False: hand the record back
@@ -58,7 +68,7 @@ class ReceiverFailed(Exception):
 class Job:
     """One summary being delivered."""
 
-    simulation_id: str
+    simulation_id: str  # the batch id for a batch record (its Idempotency-Key)
     url: str
     body: bytes
     record: dict[str, Any]
@@ -130,6 +140,7 @@ class Outbox:
         self.held = 0  # bytes of the summaries in the outbox
         self.jobs: set[Job] = set()
         self._receivers: OrderedDict[str, Receiver] = OrderedDict()
+        self._batches_delivered: OrderedDict[str, None] = OrderedDict()
         self._room = asyncio.Event()
         self._open = True
 
@@ -145,6 +156,10 @@ class Outbox:
         if record.get("delivered") is not None:  # written by a version that delivered first
             settle(True)
             return
+        if is_batch(record) and record["batch"] in self._batches_delivered:
+            log.info("batch report of %s already delivered by this worker", record["batch"])
+            settle(True)
+            return
         size = len(value or b"")
         while self._open and self.jobs and self.held + size > self.pending_bytes:
             self._room.clear()
@@ -155,8 +170,9 @@ class Outbox:
         summary = record["summary"]
         now = time.time()
         started = min(float(record.get("summarized_at") or now), now)
+        key = record["batch"] if is_batch(record) else summary["simulation_id"]
         job = Job(
-            simulation_id=str(summary["simulation_id"]),
+            simulation_id=str(key),
             url=record["callback_url"],
             body=encode_summary(summary),
             record=record,
@@ -262,6 +278,11 @@ class Outbox:
 
     async def _delivered(self, job: Job) -> None:
         record, summary = job.record, job.record["summary"]
+        if is_batch(record):
+            self._batch_done(job.simulation_id)
+            metrics.callback_deliveries.inc()
+            log.info("batch report of %s delivered (%d attempts)", job.simulation_id, job.attempts)
+            return
         failed = bool(record.get("failed"))
         end_reason = str(summary.get("end_reason"))
         await self.progress.report(
@@ -271,6 +292,7 @@ class Outbox:
             reason=end_reason,
             batch_size=record.get("batch_size"),
             duration_ms=summary.get("duration_ms"),
+            facts=simulation_facts(record, job.source.partition, job.source.offset, dead=False),
         )
         metrics.callback_deliveries.inc()
         counter = metrics.conversations_failed if failed else metrics.conversations_completed
@@ -290,6 +312,20 @@ class Outbox:
 
     async def _dead(self, job: Job, error: str) -> None:
         record, summary = job.record, job.record["summary"]
+        if is_batch(record):
+            await self.dead_letters.write(
+                "callback_failed",
+                f"batch report: {error}",
+                job.source,
+                None,
+                summary=summary,
+                callback_url=job.url,
+                batch_id=job.simulation_id,
+            )
+            self._batch_done(job.simulation_id)
+            metrics.callback_failures.inc()
+            log.warning("batch report of %s dead-lettered: %s", job.simulation_id, error)
+            return
         batch_id = str(record.get("batch_id") or summary.get("batch_id") or "default")
         await self.dead_letters.write(
             "callback_failed",
@@ -307,6 +343,7 @@ class Outbox:
             reason="callback_failed",
             batch_size=record.get("batch_size"),
             duration_ms=summary.get("duration_ms"),
+            facts=simulation_facts(record, job.source.partition, job.source.offset, dead=True),
         )
         metrics.callback_failures.inc()
         metrics.conversations_failed.labels("callback_failed").inc()
@@ -317,6 +354,11 @@ class Outbox:
             error=error,
             attempts=job.attempts,
         )
+
+    def _batch_done(self, batch_id: str) -> None:
+        self._batches_delivered[batch_id] = None
+        while len(self._batches_delivered) > BATCHES_REMEMBERED:
+            self._batches_delivered.popitem(last=False)
 
     def _forget(self, job: Job) -> None:
         if job not in self.jobs:
@@ -378,8 +420,14 @@ class Outbox:
                 job.task.cancel()
 
 
+def is_batch(record: dict[str, Any]) -> bool:
+    """A batch record (the report of a finished batch for its batch_callback_url)."""
+    return record.get("kind") == "batch"
+
+
 def parse_record(value: bytes | None) -> dict[str, Any] | None:
-    """A results record: {"summary": {...simulation_id...}, "callback_url": str, ...}; a
+    """A results record: {"summary": {...simulation_id...}, "callback_url": str, ...}, or a
+    batch record {"kind": "batch", "batch": id, "summary": {...}, "callback_url": str}; a
     record written before the outbox (the summary's fields at the top, "delivered" set) is
     returned as it is. None for anything else."""
     try:
@@ -391,7 +439,10 @@ def parse_record(value: bytes | None) -> dict[str, Any] | None:
     if record.get("delivered") is not None:
         return record
     summary = record.get("summary")
-    if not (isinstance(summary, dict) and isinstance(summary.get("simulation_id"), str)):
+    if is_batch(record):
+        if not (isinstance(record.get("batch"), str) and isinstance(summary, dict)):
+            return None
+    elif not (isinstance(summary, dict) and isinstance(summary.get("simulation_id"), str)):
         return None
     if not isinstance(record.get("callback_url"), str):
         return None

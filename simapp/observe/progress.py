@@ -70,9 +70,12 @@ def progress_message(
     batch_size: int | None = None,
     duration_ms: int | None = None,
     at: float | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One progress message, as `parse_message` reads it back."""
-    return {
+    """One progress message, as `parse_message` reads it back. A final message of a
+    simulation that has a summary carries its `facts` for the batch report
+    (simapp/observe/report.py `simulation_facts`)."""
+    message = {
         "batch_id": batch_id,
         "kind": kind,
         "simulation_id": simulation_id,
@@ -81,6 +84,9 @@ def progress_message(
         "duration_ms": duration_ms,
         "at": time.time() if at is None else at,
     }
+    if facts is not None:
+        message["facts"] = facts
+    return message
 
 
 class ProgressReporter:
@@ -134,6 +140,7 @@ def parse_message(value: Any, now: float | None = None) -> dict[str, Any]:
     reason = value.get("reason")
     if reason is not None and not isinstance(reason, str):
         reason = str(reason)
+    facts = value.get("facts")
     return {
         "batch_id": batch_id,
         "kind": kind,
@@ -142,6 +149,7 @@ def parse_message(value: Any, now: float | None = None) -> dict[str, Any]:
         "batch_size": size,
         "duration_ms": duration,
         "at": float(at),
+        "facts": facts if kind in FINAL and isinstance(facts, Mapping) else None,
     }
 
 

@@ -61,6 +61,7 @@ def result_record(
         "summary": summary,
         "failed": summary["end_reason"] in FAILED_END_REASONS,  # counted as failed in progress
         "callback_url": event.callback_url,
+        "batch_callback_url": event.batch_callback_url,  # the batch report's (first one wins)
         "batch_id": event.batch_id,
         "batch_size": event.batch_size,
         "max_iterations": event.max_iterations,  # for estimates (commands/estimate.py)

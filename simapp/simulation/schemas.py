@@ -126,6 +126,7 @@ class SimulationEvent(BaseModel):
     judge: JudgeSpec | None = None
     min_iterations: int | None = Field(None, ge=1)
     scenario_id: Id | None = None
+    batch_callback_url: Url | None = None  # the batch report is POSTed there when it finishes
 
     @property
     def scenario(self) -> str:
@@ -336,4 +337,8 @@ class EventDecoder:
         problem = self.callback_policy.check(event.callback_url)
         if problem is not None:
             return ("forbidden_callback", f"callback_url: {problem}")
+        if event.batch_callback_url is not None:
+            problem = self.callback_policy.check(event.batch_callback_url)
+            if problem is not None:
+                return ("forbidden_callback", f"batch_callback_url: {problem}")
         return None

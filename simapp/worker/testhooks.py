@@ -10,6 +10,9 @@ Nothing here runs unless a worker's environment names a hook; the app installs t
   provokes), the drain loop holds the next record it hands on for HOLD_DRAIN seconds, as it
   does when it is blocked on a full 10,000-event stream buffer: the lost records, sought back,
   are slow to come (tests/test_offset_gaps.py). The gap rule must wait for them, not pass them.
+- kill_before_batch_report: the progress agent SIGKILLs its own worker when a finished batch's
+  report is due, before the batch record is sent (`crash_point`; tests/test_report_e2e.py):
+  the next owner must send it, once.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 from typing import Any
 
@@ -30,6 +34,13 @@ HOLD_DRAIN = 30.0  # seconds; far past the 12 s (3 seeks 3 s apart) after which 
 
 def requested() -> set[str]:
     return {name.strip() for name in os.environ.get(ENV, "").split(",") if name.strip()}
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this worker here when SIMAPP_TEST_HOOKS names `name` (no flush, no goodbye)."""
+    if name in requested():
+        log.warning("test hook %s: SIGKILL", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def install(app: Any) -> None:
