@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 RECORD_OVERHEAD_BYTES = 196_608  # a summary's verdicts, usage and fields beside its history
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750: what a bearer token may hold
 
 
 class EndpointConfig(BaseModel):
@@ -266,6 +267,11 @@ class Settings(BaseSettings):
     metrics_port: int = Field(8000, ge=0, le=65535)
     web_host: str = Field("127.0.0.1", description="host name other workers use to reach us")
     web_bind: str = "0.0.0.0"
+    web_auth_token: SecretStr | None = Field(
+        None,
+        description="the token every web route but the progress page asks for (Authorization: "
+        "Bearer); unset = the routes answer whoever reaches the port",
+    )
     log_format: str = Field("text", pattern="^(text|json)$")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     worker_datadir: str | None = Field(
@@ -344,6 +350,27 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("web_auth_token", mode="before")
+    @classmethod
+    def _no_web_token(cls, value: Any) -> Any:
+        """`WEB_AUTH_TOKEN=` (as .env.example writes an unset one) means unset."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("web_auth_token")
+    @classmethod
+    def _web_token(cls, value: SecretStr | None) -> SecretStr | None:
+        """A bearer token (RFC 6750's b64token syntax) too long to guess; the message never
+        shows it."""
+        if value is not None:
+            if not _B64TOKEN.fullmatch(value.get_secret_value()):
+                raise ValueError(
+                    "may hold only A-Z a-z 0-9 - . _ ~ + / (and = at its end): it is sent in "
+                    "an Authorization header"
+                )
+            if len(value.get_secret_value()) < 32:
+                raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
 
     @field_validator("kafka_ssl_cafile")
     @classmethod

@@ -5,7 +5,9 @@
 - docker/Dockerfile: base image, non-root user, install, command, health check, build context.
 - .env.example: every setting of simapp/config.py, with its default; nothing unknown.
 - Prometheus: `promtool check config/rules` and the rules' unit tests (docker/prometheus/
-  rules.test.yml runs the seed README's example PromQL against the recorded names).
+  rules.test.yml runs the seed README's example PromQL against the recorded names); the
+  workers' WEB_AUTH_TOKEN sent with every scrape from a mounted file; the image's health check
+  sends it too.
 - Grafana: every metric name in the dashboard's PromQL is one a worker exports.
 """
 
@@ -15,6 +17,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +41,7 @@ ENV_EXAMPLE = REPO / ".env.example"
 PROM_CONFIG = DOCKER / "prometheus" / "prometheus.yml"
 PROM_RULES = DOCKER / "prometheus" / "rules.yml"
 PROM_RULES_TEST = DOCKER / "prometheus" / "rules.test.yml"
+PROM_TOKEN_FILE = DOCKER / "prometheus" / "web_auth_token"
 GRAFANA_DATASOURCES = DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 GRAFANA_PROVIDERS = DOCKER / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "simapp.json"
@@ -472,6 +477,49 @@ def test_dockerfile() -> None:
     assert "/metrics" in healthcheck
 
 
+def test_healthcheck_sends_the_web_token() -> None:
+    """The image's health check, run by sh as Docker runs it, against a stand-in worker that
+    asks for a token: healthy with the right WEB_AUTH_TOKEN or with none asked for."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    token = "t" * 40
+    asked: dict[str, str | None] = {"token": token}
+
+    class Worker(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            wanted = asked["token"]
+            ok = self.path == "/metrics" and (
+                wanted is None or self.headers.get("Authorization") == f"Bearer {wanted}"
+            )
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    healthcheck = [rest for kw, rest in _dockerfile_instructions() if kw == "HEALTHCHECK"][-1]
+    command = healthcheck.split(" CMD ", 1)[1]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Worker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+    def healthy(**env: str) -> bool:
+        env = {"PATH": path, "METRICS_PORT": str(server.server_address[1]), **env}
+        done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, timeout=30)
+        return done.returncode == 0
+
+    try:
+        assert healthy(WEB_AUTH_TOKEN=token)
+        assert not healthy(WEB_AUTH_TOKEN="w" * 40)
+        assert not healthy()
+        asked["token"] = None  # a worker without a token
+        assert healthy()
+        assert healthy(WEB_AUTH_TOKEN="")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_docker_build_context_has_what_the_image_needs() -> None:
     """Every COPY source exists, and the .dockerignore allow-list lets it (not .env) through."""
     ignore = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()]
@@ -576,6 +624,30 @@ def test_prometheus_scrapes_every_worker_replica(services: dict[str, Any]) -> No
         if "worker" in sd.get("names", [])
     ]
     assert sd == [{**sd[0], "names": ["worker"], "type": "A", "port": int(worker_port)}]
+
+
+def test_prometheus_sends_the_workers_token(services: dict[str, Any]) -> None:
+    """Worker scrapes carry WEB_AUTH_TOKEN from a credentials file: the compose file mounts
+    WEB_AUTH_TOKEN_FILE where prometheus.yml names it, by default the empty file in the
+    repository (which must stay empty: a token is never committed)."""
+    config = yaml.safe_load(PROM_CONFIG.read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "simapp-worker"]
+    auth = job["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer" and "credentials" not in auth
+    assert (PROM_CONFIG.parent / auth["credentials_file"]).resolve() == PROM_TOKEN_FILE
+    assert PROM_TOKEN_FILE.read_bytes() == b"", "no token in the repository: WEB_AUTH_TOKEN_FILE"
+    volumes = services["prometheus"]["volumes"]
+    (config_target,) = [
+        str(v).split(":")[1]
+        for v in volumes
+        if isinstance(v, str) and (DOCKER / v.split(":")[0]).resolve() == PROM_CONFIG
+    ]
+    target = str(Path(config_target).parent / auth["credentials_file"])
+    (mount,) = [v for v in volumes if isinstance(v, dict) and v.get("target") == target]
+    assert mount["type"] == "bind" and mount["read_only"] is True
+    assert not mount.get("bind", {}).get("create_host_path", False)  # missing file: an error
+    assert mount["source"].startswith("${WEB_AUTH_TOKEN_FILE:-")
+    assert (DOCKER / resolve_defaults(mount["source"])).resolve() == PROM_TOKEN_FILE
 
 
 def test_recording_rules(rules: list[dict[str, Any]], exported_names: set[str]) -> None:

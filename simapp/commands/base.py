@@ -71,10 +71,12 @@ async def follow_batch(
     started: float,
     limit: float,
     should_stop: Any = None,
+    token: Any = None,
 ) -> int:
-    """Follow to the end, print the report; 0 when every simulation was delivered."""
+    """Follow to the end, print the report; 0 when every simulation was delivered. `token`:
+    the workers' WEB_AUTH_TOKEN, when they ask for one."""
     last = await asyncio.to_thread(
-        fl.follow, web_url, batch_id, timeout=limit, should_stop=should_stop
+        fl.follow, web_url, batch_id, timeout=limit, should_stop=should_stop, token=token
     )
     wall = None
     if last and last.get("done") and last.get("finished_at"):

@@ -138,7 +138,9 @@ async def loadtest(
         run = Run(target, events, batch_id, rate, session)
         if not follow:
             return await run.send()
-        return await run.send_and_follow(web_url or default_web_url(settings), follow_timeout)
+        return await run.send_and_follow(
+            web_url or default_web_url(settings), follow_timeout, settings.web_auth_token
+        )
     finally:
         if session is not None:
             print("stopping the embedded stack ...", flush=True)
@@ -187,7 +189,7 @@ class Run:
         print(f"sent {sent} events, batch {self.batch_id}")
         return 0 if sent == self.count else 1
 
-    async def send_and_follow(self, web_url: str, limit: float) -> int:
+    async def send_and_follow(self, web_url: str, limit: float, token: Any = None) -> int:
         print(f"sending {self.count} events, batch {self.batch_id}", flush=True)
         code = await follow_batch(
             web_url,
@@ -196,6 +198,7 @@ class Run:
             started=self.started,
             limit=limit,
             should_stop=self.should_stop,
+            token=token,
         )
         sent = await self.producing
         return code if sent == self.count else 1

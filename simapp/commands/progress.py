@@ -25,7 +25,9 @@ async def progress(
     """Print batch progress once (every batch, or one with --batch-id)."""
     url = web_url or default_web_url(settings)
     if batch_id:
-        status, body = await asyncio.to_thread(fl.fetch_batch, url, batch_id)
+        status, body = await asyncio.to_thread(
+            fl.fetch_batch, url, batch_id, token=settings.web_auth_token
+        )
         if status != 200:
             error = body.get("error") if isinstance(body, dict) else None
             print(f"batch {batch_id}: {error or f'HTTP {status}'} ({url})", file=sys.stderr)
@@ -40,7 +42,7 @@ async def progress(
         if body.get("end_reasons"):
             print("end reasons:", json.dumps(body["end_reasons"], sort_keys=True))
         return 0
-    status, body = await asyncio.to_thread(fl.fetch_all, url)
+    status, body = await asyncio.to_thread(fl.fetch_all, url, token=settings.web_auth_token)
     if status != 200 or not isinstance(body, dict):
         error = body.get("error") if isinstance(body, dict) else None
         print(f"no progress from {url}: {error or f'HTTP {status}'}", file=sys.stderr)

@@ -136,4 +136,5 @@ async def submit(
         sent=sent,
         started=started,
         limit=follow_timeout,
+        token=settings.web_auth_token,
     )

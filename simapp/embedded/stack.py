@@ -133,6 +133,8 @@ class EmbeddedStack:
             "CALLBACK_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "WEB_BIND": HOST,
             "WEB_HOST": HOST,
+            # open views on loopback, whatever WEB_AUTH_TOKEN .env holds (tests override it)
+            "WEB_AUTH_TOKEN": "",
             "WORKER_DATADIR": str(self.workdir / f"worker-{index}"),
             "LOG_FORMAT": "json",
             **{name.upper(): value for name, value in PLAINTEXT_KAFKA.items()},

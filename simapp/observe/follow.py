@@ -5,6 +5,7 @@ run in a thread when an event loop is busy producing. Any worker's web port will
 forwards `/progress/{batch}/` to the owner of the batch — and several URLs can be given, so
 following survives the worker it talks to being restarted. 503 (rebalancing/recovering) and
 404 (no message of the batch processed yet) are normal while a batch starts: keep polling.
+Workers with WEB_AUTH_TOKEN answer 401 unless a request carries the token (`token=`).
 """
 
 from __future__ import annotations
@@ -17,13 +18,24 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
+from pydantic import SecretStr
+
 HTTP_TIMEOUT = 15.0  # a worker's loop can stall for seconds on its first event (lazy imports)
 
 
-def get_json(url: str, timeout: float = HTTP_TIMEOUT) -> tuple[int, Any]:
+def auth_headers(token: SecretStr | str | None) -> dict[str, str]:
+    """The header a worker with WEB_AUTH_TOKEN asks for; none without a token."""
+    value = token.get_secret_value() if isinstance(token, SecretStr) else token
+    return {"Authorization": f"Bearer {value}"} if value else {}
+
+
+def get_json(
+    url: str, timeout: float = HTTP_TIMEOUT, token: SecretStr | str | None = None
+) -> tuple[int, Any]:
     """(status, decoded body); status 0 when the server could not be reached."""
+    req = urllib.request.Request(url, headers=auth_headers(token))
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - our own workers
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - our own workers
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         try:
@@ -40,21 +52,25 @@ def split_urls(web_url: str | Sequence[str]) -> list[str]:
     return [u.strip().rstrip("/") for u in urls if u.strip()]
 
 
-def fetch_batch(web_url: str | Sequence[str], batch_id: str) -> tuple[int, Any]:
+def fetch_batch(
+    web_url: str | Sequence[str], batch_id: str, *, token: SecretStr | str | None = None
+) -> tuple[int, Any]:
     """The batch's view from the first worker that answers 200 or 404; else the last error."""
     last: tuple[int, Any] = (0, {"error": "no web URL"})
     for base in split_urls(web_url):
-        status, body = get_json(f"{base}/progress/{batch_id}/")
+        status, body = get_json(f"{base}/progress/{batch_id}/", token=token)
         if status in (200, 404):
             return status, body
         last = (status, body)
     return last
 
 
-def fetch_all(web_url: str | Sequence[str]) -> tuple[int, Any]:
+def fetch_all(
+    web_url: str | Sequence[str], *, token: SecretStr | str | None = None
+) -> tuple[int, Any]:
     last: tuple[int, Any] = (0, {"error": "no web URL"})
     for base in split_urls(web_url):
-        status, body = get_json(f"{base}/progress/")
+        status, body = get_json(f"{base}/progress/", token=token)
         if status == 200:
             return status, body
         last = (status, body)
@@ -99,6 +115,7 @@ def follow(
     out: IO[str] | None = None,
     should_stop: Callable[[], str | None] | None = None,
     on_view: Callable[[dict[str, Any]], None] | None = None,
+    token: SecretStr | str | None = None,
 ) -> dict[str, Any] | None:
     """Poll until the batch is done (or timeout / should_stop gives a reason); last view."""
     out = out or sys.stdout
@@ -107,7 +124,7 @@ def follow(
     last_view: dict[str, Any] | None = None
     last_print = 0.0
     while True:
-        status, body = fetch_batch(web_url, batch_id)
+        status, body = fetch_batch(web_url, batch_id, token=token)
         now = time.monotonic()
         if status == 200 and isinstance(body, dict):
             last_view = body

@@ -23,6 +23,10 @@ and merges them. Each active partition has exactly one owner in the assignment, 
 number of workers every batch appears exactly once; when a member cannot answer (dead,
 rebalancing) the answer says `"complete": false` and names it. `_local` cannot clash with a
 batch id: ids must start with a letter or digit (simapp/simulation/schemas.py).
+
+Nothing else is served (simapp/worker/webserver.py keeps Faust's own views out). With
+WEB_AUTH_TOKEN set every view but the page asks for `Authorization: Bearer <token>`, and the
+requests to other workers carry it. No view returns a prompt, persona, intent or turn.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from yarl import URL
 
 from simapp.observe import metrics
+from simapp.observe.follow import auth_headers
 from simapp.observe.progress import merge_views, view
 from simapp.tables.progress import (
     active_partitions,
@@ -138,7 +143,11 @@ async def progress_local(web: Any, request: Any) -> Any:
 
 
 async def _fetch_json(url: str, *, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    async with app.http_client.get(url, headers=headers or {}, timeout=PEER_TIMEOUT) as resp:
+    """GET another worker's view, with the token the workers share (WEB_AUTH_TOKEN)."""
+    headers = {**(headers or {}), **auth_headers(settings.web_auth_token)}
+    async with app.http_client.get(url, headers=headers, timeout=PEER_TIMEOUT) as resp:
+        if resp.status == 401:  # not our client's token but ours: the workers' tokens differ
+            return 502, {"error": "the worker refused this worker's WEB_AUTH_TOKEN"}
         return resp.status, await resp.json(content_type=None)
 
 

@@ -31,6 +31,7 @@ from simapp.kafka.committer import SafeCommitConsumer, SafeCommitTransport
 from simapp.kafka.producer import all_topic_names
 from simapp.kafka.recovery import LedgerFlowControl
 from simapp.observe.logs import logging_config
+from simapp.worker.webserver import SimappWeb
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,11 @@ class SimApp(faust.App):
     def flow_control(self) -> LedgerFlowControl:
         """Faust's flow control, telling our consumer when the stream queues are emptied."""
         return LedgerFlowControl(self, loop=self.loop)
+
+    def _new_web(self) -> Any:
+        """Faust's web server with simapp's views only, the token checked when set
+        (simapp/worker/webserver.py)."""
+        return SimappWeb(self, token=self.simapp_settings.web_auth_token)
 
     def _new_transport(self) -> Any:
         if not self.simapp_settings.safe_commit:  # stock Faust's rule, for comparisons
