@@ -5,7 +5,8 @@ conversation slots' target (simapp/limits/concurrency.py), the others wait at it
 A thin Faust loop: every event goes to the worker's Pipeline, which never raises. The event
 is acked when the body returns, i.e. after its summary was delivered or dead-lettered; the
 committer never commits past an event that is still running, or that an actor gave up on
-(simapp/kafka/committer.py).
+(simapp/kafka/committer.py). An event re-queued by `dlq replay` carries a ReplayMark in its
+headers; it is read here (checked with DLQ_REPLAY_SECRET when set) and handed to the pipeline.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from typing import Any
 
 from simapp.agents.wiring import give_back, parts
 
-from simapp.delivery.dead_letters import Source
+from simapp.delivery.dead_letters import ReplayMark, Source
 from simapp.observe import metrics
 from simapp.simulation.pipeline import DEFERRED
 from simapp.worker.application import app, settings, topics
 
 LAG_SAMPLE_SECONDS = 5.0
 SLOTS_RESIZE_SECONDS = 1.0
+_REPLAY_SECRET = settings.dlq_replay_secret
+REPLAY_KEY = _REPLAY_SECRET.get_secret_value().encode() if _REPLAY_SECRET else None
 
 
 @app.agent(topics.events, concurrency=settings.concurrent_conversations)
@@ -30,8 +33,9 @@ async def simulate(stream: Any) -> None:
     async for event in stream.events():
         message = event.message
         source = Source(message.topic, message.partition, message.offset)
+        mark = ReplayMark.read(message.headers, event.value, REPLAY_KEY)
         try:
-            outcome = await pipeline.handle(event.value, source, event.key)
+            outcome = await pipeline.handle(event.value, source, event.key, mark)
         except asyncio.CancelledError:
             # Stopped mid-event (shutdown past its grace): Faust's stream acks the event in
             # its `finally` anyway, which would let the commit pass a simulation that never

@@ -7,6 +7,7 @@ a confusing error deep inside a worker.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import re
@@ -237,6 +238,30 @@ class Settings(BaseSettings):
         120, gt=0, description="seconds `dlq replay` tries one summary (not the worker's)"
     )
     callback_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    callback_signing_secret: SecretStr | None = Field(
+        None,
+        description="whsec_ + base64 of 24-64 random bytes: every callback is signed the "
+        "Standard Webhooks way (webhook-id, webhook-timestamp, webhook-signature); unset = "
+        "unsigned",
+    )
+
+    # --- Dead-letter replay (ours; simapp/delivery/replay.py) ---
+    dlq_replay_group: str | None = Field(
+        None,
+        min_length=1,
+        description="consumer group of `dlq replay`; unset = KAFKA_CONSUMER_GROUP-dlq-replay",
+    )
+    dlq_replay_topic: str | None = Field(
+        None,
+        min_length=1,
+        description="compacted topic where `dlq replay` records each dead letter it replayed; "
+        "unset = DLQ_TOPIC-replayed",
+    )
+    dlq_replay_secret: SecretStr | None = Field(
+        None,
+        description="key (32+ characters) of the HMAC on the mark of a replayed event; needed "
+        "by `dlq replay --force` and by the workers to honour it",
+    )
 
     # --- Input limits (ours) ---
     max_event_bytes: int = Field(65_536, ge=512)
@@ -469,6 +494,35 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(entry, strict=False)  # raises ValueError naming the entry
         return [entry.lower() for entry in value]
 
+    @field_validator(
+        "callback_signing_secret",
+        "dlq_replay_group",
+        "dlq_replay_topic",
+        "dlq_replay_secret",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """`CALLBACK_SIGNING_SECRET=` (as .env.example writes an unset one) means unset."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("callback_signing_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        """Standard Webhooks' symmetric secret: whsec_ + base64 of 24-64 bytes."""
+        if value is not None:
+            secret_key(value)  # raises ValueError saying what is wrong, never the value
+        return value
+
+    @field_validator("dlq_replay_secret")
+    @classmethod
+    def _replay_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
+
     @model_validator(mode="after")
     def _room_for_a_summary(self) -> Settings:
         """A history at its budget, plus the judge's verdicts and the rest of a summary or
@@ -479,6 +533,16 @@ class Settings(BaseSettings):
                 f"not exceed MAX_RECORD_BYTES ({self.max_record_bytes})"
             )
         return self
+
+    @property
+    def replay_group(self) -> str:
+        """The consumer group of `dlq replay`."""
+        return self.dlq_replay_group or f"{self.kafka_consumer_group}-dlq-replay"
+
+    @property
+    def replay_topic(self) -> str:
+        """The topic where `dlq replay` records what it replayed."""
+        return self.dlq_replay_topic or f"{self.dlq_topic}-replayed"
 
     @property
     def embedded(self) -> bool:
@@ -505,6 +569,24 @@ class Settings(BaseSettings):
     def llm_base_rps(self) -> float:
         """The request budget before this worker's share: the group's, or the instance's."""
         return self.llm_global_rate_limit_rps or self.llm_rate_limit_rps
+
+
+WHSEC_PREFIX = "whsec_"
+
+
+def secret_key(secret: SecretStr) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (whsec_ + base64 of 24-64 bytes); raises
+    ValueError saying what is wrong with it, never showing it."""
+    text = secret.get_secret_value().strip()
+    if not text.startswith(WHSEC_PREFIX):
+        raise ValueError(f"must start with {WHSEC_PREFIX} (Standard Webhooks' symmetric secret)")
+    try:
+        key = base64.b64decode(text.removeprefix(WHSEC_PREFIX), validate=True)
+    except ValueError:
+        raise ValueError(f"must be {WHSEC_PREFIX} followed by base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"must hold 24 to 64 random bytes after {WHSEC_PREFIX} (holds {len(key)})")
+    return key
 
 
 class SettingsError(SystemExit):

@@ -7,6 +7,16 @@ are the outbox's (simapp/delivery/outbox.py); `deliver` retries on its own, for 
 Every POST carries `Idempotency-Key: <simulation id>` so a receiver can drop the rare repeat
 (at-least-once delivery), and the same body on every attempt.
 
+With CALLBACK_SIGNING_SECRET every POST is signed the Standard Webhooks way (`Signer`):
+`webhook-id` (stable per simulation: `sim_` + the id in unpadded base64url, since the spec
+wants no `.` in it), `webhook-timestamp` (the attempt's time) and `webhook-signature:
+v1,<base64 HMAC-SHA256 of id.timestamp.body>`. The id and the bytes are the same on every
+attempt and in a `dlq replay`; the timestamp, and so the signature, is the attempt's: the spec
+says so ("every time an attempt is retried the timestamp of the attempt is updated") and its
+receivers refuse a timestamp older than 5 minutes, so a signature fixed when the summary was
+made would be refused after any outage longer than that (docs/architecture.md, "Signed
+callbacks").
+
 Every hop passes the callback policy. aiohttp's own redirect following is off: a 307/308 is
 followed (at most MAX_REDIRECTS times, the body re-sent) only when its target passes the same
 checks as the event's URL, IP literals included, and host names are resolved through the
@@ -16,14 +26,18 @@ guarded resolver at connect time; 301/302/303 would turn the POST into a GET and
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from simapp.config import Settings
+from simapp.config import Settings, secret_key
 from simapp.delivery.urlpolicy import CallbackPolicy
 from simapp.limits.retry import backoff, retry_after_seconds
 from simapp.outbound.addresses import GuardedResolver
@@ -67,6 +81,43 @@ class _Final(Exception):
         self.error = error
 
 
+def webhook_id(simulation_id: str) -> str:
+    """The Standard Webhooks message id of a simulation's summary: stable across attempts and
+    replays, and without the `.` that simulation ids may hold (the signed content is
+    id.timestamp.body)."""
+    return "sim_" + base64.urlsafe_b64encode(simulation_id.encode()).decode().rstrip("=")
+
+
+class Signer:
+    """Signs callbacks per the Standard Webhooks specification (symmetric, `v1`)."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Signer | None:
+        secret = s.callback_signing_secret
+        return cls(secret_key(secret)) if secret is not None else None
+
+    def __repr__(self) -> str:
+        return "Signer(<secret>)"
+
+    def headers(self, simulation_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
+        """webhook-id, webhook-timestamp (`now`, default the current time) and
+        webhook-signature for one attempt of `body`."""
+        msg_id = webhook_id(simulation_id)
+        timestamp = str(int(time.time() if now is None else now))
+        signed = f"{msg_id}.{timestamp}.".encode() + body
+        mac = hmac.new(self._key, signed, hashlib.sha256).digest()
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": timestamp,
+            "webhook-signature": "v1," + base64.b64encode(mac).decode("ascii"),
+        }
+
+
 class CallbackSender:
     """Delivers summaries; create once per worker (and `close()` it when done)."""
 
@@ -78,7 +129,9 @@ class CallbackSender:
         deadline: float,
         policy: CallbackPolicy,
         pool_size: int = 100,
+        signer: Signer | None = None,
     ) -> None:
+        self.signer = signer
         self.timeout = timeout
         self.attempts = attempts
         self.deadline = deadline
@@ -93,6 +146,7 @@ class CallbackSender:
             attempts=s.callback_retry_attempts,
             deadline=s.callback_deadline,
             policy=CallbackPolicy(s.callback_allowed_hosts),
+            signer=Signer.from_settings(s),
         )
 
     @property
@@ -124,6 +178,8 @@ class CallbackSender:
         if problem is not None:  # checked at decode time too; a replay may come from elsewhere
             return Attempt(False, final=True, error=f"callback_url refused: {problem}")
         headers = {"Content-Type": "application/json", "Idempotency-Key": simulation_id}
+        if self.signer is not None:
+            headers.update(self.signer.headers(simulation_id, body))
         try:
             status, retry_after = await self._post(url, body, headers)
         except _Final as final:

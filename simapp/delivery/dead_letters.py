@@ -1,33 +1,39 @@
-"""Dead letters: the record format, the writer, and reading them back and replaying them.
+"""Dead letters: the record format, the writer, reading them back, and the replay mark.
 
 A dead letter is one record on DLQ_TOPIC per rejected or undeliverable event: `reason` (a
 stable code, also a metrics label), `detail` for humans, `simulation_id`, `batch_id`, `source`
 (topic/partition/offset), `timestamp`, and either `original` (the event bytes, UTF-8 or
 base64, capped at ORIGINAL_LIMIT) or the undeliverable `summary` with its `callback_url`.
 
-Replay (`faust -A simapp dlq list|replay`) does the cheapest thing that finishes the job:
-- an undeliverable summary (`callback_failed`) is POSTed again to its callback URL, with the
-  same Idempotency-Key; the conversation is not simulated again;
-- a rejected event (`original`) is produced again to the simulation topic, e.g. after the
-  allowlist or the limits were changed; if it is still bad it comes back here;
-- `duplicate_id` records are only replayed with `force`, since the id was already simulated.
+`faust -A simapp dlq replay` (simapp/delivery/replay.py) re-queues an `original` with a
+`ReplayMark` in its headers: which dead letter it replays and the offset of the event that was
+dead-lettered, so the worker takes it for a new attempt of that event and not for a duplicate
+of its id (simapp/simulation/ledger.py). Events are untrusted and anyone who can produce one
+can write the header, so the mark is only believed where believing it costs nothing: it lets a
+simulation that never finished run (or resume) and never re-simulates a finished one, unless
+it is forced, and a forced mark counts only with a valid HMAC under DLQ_REPLAY_SECRET over the
+mark and the event's bytes (with the secret set, every mark needs it).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import json
+import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from simapp.config import Settings
-from simapp.delivery.callbacks import CallbackSender
-from simapp.kafka.producer import produce
 from simapp.kafka.reader import TopicReader, json_value
 from simapp.kafka.records import fit
 from simapp.observe import metrics
+
+log = logging.getLogger(__name__)
 
 ORIGINAL_LIMIT = 256 * 1024  # bytes of the original event kept in a dead letter
 REASONS = (
@@ -147,38 +153,125 @@ def select(
 
 
 def original_bytes(record: dict) -> bytes | None:
-    original = record.get("original") or {}
+    """The dead-lettered event's bytes, or None when the record does not hold them whole."""
+    original = record.get("original")
+    if not isinstance(original, dict):
+        return None
     value = original.get("value")
-    if value is None or original.get("truncated"):
+    if not isinstance(value, str) or original.get("truncated"):
         return None
     if original.get("encoding") == "base64":
-        return base64.b64decode(value)
-    return str(value).encode("utf-8")
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError:
+            return None
+    return value.encode("utf-8")
 
 
-async def replay(settings: Settings, records: list[dict], force: bool = False) -> dict[str, int]:
-    """Replay dead letters; returns counts by what happened."""
-    counts = {"redelivered": 0, "still_undeliverable": 0, "requeued": 0, "skipped": 0}
-    sender = CallbackSender.from_settings(settings)
-    requeue: list[tuple[bytes | None, bytes]] = []
-    try:
-        for record in records:
-            if record.get("reason") == "duplicate_id" and not force:
-                counts["skipped"] += 1
-            elif record.get("summary") and record.get("callback_url"):
-                summary = record["summary"]
-                result = await sender.deliver(
-                    record["callback_url"], summary["simulation_id"], summary
+# -- the replay mark -------------------------------------------------------------------------
+
+MARK_HEADER = "simapp-replay"
+MARK_SIGNATURE_HEADER = "simapp-replay-signature"
+MARK_MAX_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayMark:
+    """What a re-queued event carries: the dead letter it replays (`attempt`, "topic:partition:
+    offset" of the DLQ record: every copy of one replay has the same), the event that was
+    dead-lettered (`source`), and whether `dlq replay --force` asked to re-simulate."""
+
+    attempt: str
+    source: Source
+    force: bool = False
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"v": 1, "attempt": self.attempt, "source": self.source.as_dict(), "force": self.force},
+            separators=(",", ":"),
+        ).encode()
+
+    def headers(self, value: bytes, key: bytes | None) -> list[tuple[str, bytes]]:
+        """The Kafka headers of the re-queued event (signed when a key is given)."""
+        mark = self.encode()
+        out = [(MARK_HEADER, mark)]
+        if key is not None:
+            out.append((MARK_SIGNATURE_HEADER, mark_signature(key, mark, value).encode()))
+        return out
+
+    def replays(self, topic: str, partition: Any, offset: Any) -> bool:
+        """Whether this replays the event read at topic[partition]@offset."""
+        s = self.source
+        return (s.topic, s.partition, s.offset) == (topic, partition, offset)
+
+    @classmethod
+    def read(cls, headers: Any, value: bytes | None, key: bytes | None) -> ReplayMark | None:
+        """The mark of an event, or None: no mark, a malformed one, or (with DLQ_REPLAY_SECRET,
+        `key`) one without a valid signature. Without a key a mark is read but never forced.
+        Never raises: the headers are the producer's."""
+        raw = _header(headers, MARK_HEADER)
+        if raw is None:
+            return None
+        mark = _parse_mark(raw)
+        if mark is None:
+            log.warning("a replay mark that is not one was ignored: %r", raw[:200])
+            return None
+        if key is not None:
+            signature = _header(headers, MARK_SIGNATURE_HEADER) or b""
+            expected = mark_signature(key, raw, value or b"").encode()
+            if not hmac.compare_digest(signature, expected):
+                log.warning(
+                    "replay mark of %s without a valid signature ignored (DLQ_REPLAY_SECRET)",
+                    mark.attempt,
                 )
-                counts["redelivered" if result.ok else "still_undeliverable"] += 1
-            elif (raw := original_bytes(record)) is not None:
-                key = record.get("simulation_id")
-                requeue.append((key.encode() if key else None, raw))
-                counts["requeued"] += 1
-            else:
-                counts["skipped"] += 1
-        if requeue:
-            await produce(settings, requeue)
-    finally:
-        await sender.close()
-    return counts
+                return None
+        elif mark.force:
+            log.warning(
+                "forced replay mark of %s read as unforced: DLQ_REPLAY_SECRET is not set",
+                mark.attempt,
+            )
+            mark = cls(mark.attempt, mark.source, force=False)
+        return mark
+
+
+def mark_signature(key: bytes, mark: bytes, value: bytes) -> str:
+    """HMAC-SHA256 (hex) of the mark and the event's bytes: a mark cannot be moved to another
+    event, nor changed."""
+    return hmac.new(key, mark + b"\n" + hashlib.sha256(value).digest(), hashlib.sha256).hexdigest()
+
+
+def _header(headers: Any, name: str) -> bytes | None:
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    try:
+        for item in pairs:
+            if isinstance(item, Sequence) and len(item) == 2 and item[0] == name:
+                value = item[1]
+                return value if isinstance(value, bytes) else None
+    except TypeError:
+        return None
+    return None
+
+
+def _parse_mark(raw: bytes) -> ReplayMark | None:
+    if len(raw) > MARK_MAX_BYTES:
+        return None
+    try:
+        data = json.loads(raw)
+        source = data["source"]
+        mark = ReplayMark(
+            attempt=data["attempt"],
+            source=Source(source["topic"], source["partition"], source["offset"]),
+            force=data.get("force", False),
+        )
+    except (ValueError, TypeError, KeyError):
+        return None
+    ints = (mark.source.partition, mark.source.offset)
+    if data.get("v") != 1 or not isinstance(mark.attempt, str) or not mark.attempt:
+        return None
+    if not isinstance(mark.source.topic, str) or not isinstance(mark.force, bool):
+        return None
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in ints):
+        return None
+    return mark

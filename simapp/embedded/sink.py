@@ -2,7 +2,10 @@
 
 Stands in for the customer's webhook endpoint so delivery, retry and
 idempotency behaviour can be tested, including injected faults (503 for the
-first N attempts per key, 429 with Retry-After, full outage, slow answers).
+first N attempts per key, 429 with Retry-After, full outage, slow answers). Given the
+callbacks' signing secret (`signing_secret`, at runtime through /admin/config) it verifies every
+delivery as a Standard Webhooks receiver does, with the `standardwebhooks` package (the dev
+extra), and answers 401 to one that does not verify.
 
 Run: ``python -m simapp.embedded.sink --host 127.0.0.1 --port 0 --record out.jsonl``;
 it prints ``SINK_READY port=<port>`` once it is listening.
@@ -26,7 +29,14 @@ from aiohttp import web
 from simapp.embedded.httpserver import run_until_signal, serve_app
 
 READY_PREFIX = "SINK_READY"
-RECORDED_HEADERS = ("Idempotency-Key", "Content-Type", "User-Agent")
+RECORDED_HEADERS = (
+    "Idempotency-Key",
+    "Content-Type",
+    "User-Agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+)
 
 
 @dataclass
@@ -41,6 +51,7 @@ class SinkConfig:
     down_status: int = 500  # what a down sink answers (503: a receiver being deployed)
     delay_ms: int = 0
     status_429_first: int = 0
+    signing_secret: str | None = None  # whsec_...: verify every delivery's signature
     flush_interval_s: float = 0.2
 
 
@@ -56,6 +67,17 @@ def _coerce_field(name: str, value: Any) -> Any:
     if name == "down":
         if not isinstance(value, bool):
             raise ValueError("down must be a boolean")
+        return value
+    if name == "signing_secret":
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.startswith("whsec_"):
+            raise ValueError("signing_secret must be a whsec_... secret or null")
+        try:
+            import standardwebhooks
+        except ImportError:
+            raise ValueError("signing_secret needs the standardwebhooks package") from None
+        standardwebhooks.Webhook(value)  # a bad secret fails here, not at the first delivery
         return value
     if name == "down_status":
         if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
@@ -124,6 +146,7 @@ class SinkState:
         self.deliveries: list[dict[str, Any]] = []
         self.by_id: dict[str, list[dict[str, Any]]] = {}
         self.duplicates = 0
+        self.signature_failures = 0
 
 
 STATE_KEY = web.AppKey("sink_state", SinkState)
@@ -160,6 +183,12 @@ async def receive(request: web.Request) -> web.Response:
     except (ValueError, UnicodeDecodeError):
         return _respond(state, 400, {"error": "body must be JSON"})
 
+    if cfg.signing_secret is not None:
+        problem = _signature_problem(cfg.signing_secret, raw, request)
+        if problem is not None:
+            state.signature_failures += 1
+            return _respond(state, 401, {"error": f"signature: {problem}"})
+
     idem_header = request.headers.get("Idempotency-Key")
     sim_id = body.get("simulation_id") if isinstance(body, dict) else None
     fault_key = idem_header or (str(sim_id) if sim_id is not None else "<none>")
@@ -180,6 +209,7 @@ async def receive(request: web.Request) -> web.Response:
         "path": request.path,
         "headers": {h: request.headers[h] for h in RECORDED_HEADERS if h in request.headers},
         "body": body,
+        "verified": cfg.signing_secret is not None,
     }
     duplicate = delivery_id is not None and delivery_id in state.by_id
     if duplicate:
@@ -189,6 +219,18 @@ async def receive(request: web.Request) -> web.Response:
         state.by_id.setdefault(delivery_id, []).append(record)
     state.writer.add(record)
     return _respond(state, 200, {"ok": True, "duplicate": duplicate, "simulation_id": delivery_id})
+
+
+def _signature_problem(secret: str, raw: bytes, request: web.Request) -> str | None:
+    """Why the delivery does not verify as Standard Webhooks (None when it does)."""
+    from standardwebhooks import Webhook
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    try:
+        Webhook(secret).verify(raw, dict(request.headers), json_parse=False)
+    except WebhookVerificationError as exc:
+        return str(exc)
+    return None
 
 
 def _query_int(request: web.Request, name: str, default: int | None) -> int | None:
@@ -209,6 +251,7 @@ async def received(request: web.Request) -> web.Response:
         "attempts": state.attempts,
         "unique_ids": len(state.by_id),
         "duplicates": state.duplicates,
+        "signature_failures": state.signature_failures,
         "responses_by_status": dict(state.responses_by_status),
     }
     if request.query.get("ids", "") not in ("", "0", "false"):
@@ -247,7 +290,10 @@ async def admin_config(request: web.Request) -> web.Response:
             return web.json_response({"error": str(exc)}, status=400)
         for k, v in coerced.items():
             setattr(state.config, k, v)
-    return web.json_response(dataclasses.asdict(state.config))
+    shown = dataclasses.asdict(state.config)
+    if shown["signing_secret"] is not None:
+        shown["signing_secret"] = "whsec_***"  # never echoed
+    return web.json_response(shown)
 
 
 async def admin_reset(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ topic themselves before using it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -20,10 +20,14 @@ log = logging.getLogger(__name__)
 
 
 async def ensure_topics(
-    settings: Settings, names: Iterable[str], partitions: int | None = None
+    settings: Settings,
+    names: Iterable[str],
+    partitions: int | None = None,
+    configs: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet (KAFKA_PARTITIONS partitions unless told
-    otherwise, KAFKA_REPLICATION_FACTOR replicas); returns the ones created."""
+    otherwise, KAFKA_REPLICATION_FACTOR replicas, the topic `configs` given); returns the ones
+    created."""
     partitions = partitions or settings.kafka_partitions
     replication = settings.kafka_replication_factor
     admin = clients.admin(settings, request_timeout_ms=30_000)
@@ -34,7 +38,13 @@ async def ensure_topics(
         if not wanted:
             return []
         new = [
-            NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in wanted
+            NewTopic(
+                n,
+                num_partitions=partitions,
+                replication_factor=replication,
+                topic_configs=dict(configs or {}),
+            )
+            for n in wanted
         ]
         try:
             await admin.create_topics(new)

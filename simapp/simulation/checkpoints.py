@@ -2,7 +2,8 @@
 
 One row per simulation id: {"status": "running" | "done", "partition", "offset" (where its
 event was read; another offset with the same id is a duplicate), "state" (the conversation
-after its last finished turn, while running), "outcome" (when done), "updated"}.
+after its last finished turn, while running), "outcome" (when done), "updated", and "replay"
+when the event was a `dlq replay` (its mark's attempt, simapp/simulation/ledger.py)}.
 
 The simulate agent writes its own rows (`SimulationStore.put`): each simulation id is owned by
 exactly one actor at a time (the ledger's claim), the event topic is keyed by simulation id
@@ -26,8 +27,10 @@ RUNNING = "running"
 DONE = "done"
 
 
-def running_row(partition: int, offset: int, state: dict[str, Any]) -> dict[str, Any]:
-    return {
+def running_row(
+    partition: int, offset: int, state: dict[str, Any], replay: str | None = None
+) -> dict[str, Any]:
+    row = {
         "status": RUNNING,
         "partition": partition,
         "offset": offset,
@@ -35,10 +38,15 @@ def running_row(partition: int, offset: int, state: dict[str, Any]) -> dict[str,
         "outcome": None,
         "updated": time.time(),
     }
+    if replay is not None:
+        row["replay"] = replay
+    return row
 
 
-def done_row(partition: int, offset: int, outcome: str) -> dict[str, Any]:
-    return {
+def done_row(
+    partition: int, offset: int, outcome: str, replay: str | None = None
+) -> dict[str, Any]:
+    row = {
         "status": DONE,
         "partition": partition,
         "offset": offset,
@@ -46,6 +54,9 @@ def done_row(partition: int, offset: int, outcome: str) -> dict[str, Any]:
         "outcome": outcome,
         "updated": time.time(),
     }
+    if replay is not None:
+        row["replay"] = replay
+    return row
 
 
 class SimulationStore(Protocol):

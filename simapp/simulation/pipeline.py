@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from simapp.delivery.dead_letters import DeadLetters, Source
+from simapp.delivery.dead_letters import DeadLetters, ReplayMark, Source
 from simapp.limits.concurrency import ConversationSlots
 from simapp.observe import metrics
 from simapp.observe.logs import log_outcome
@@ -103,17 +103,26 @@ class Pipeline:
         self.checkpoint_turns = checkpoint_turns
         self.slots = slots
 
-    async def handle(self, raw: bytes | None, source: Source, key: bytes | None) -> str:
-        """Process one event to its outcome; returns it. Never raises (except cancel)."""
+    async def handle(
+        self,
+        raw: bytes | None,
+        source: Source,
+        key: bytes | None,
+        mark: ReplayMark | None = None,
+    ) -> str:
+        """Process one event to its outcome; returns it. Never raises (except cancel).
+        `mark`: the event is a `dlq replay` (its mark, already checked)."""
         metrics.kafka_messages_consumed.inc()
         try:
-            return await self._handle(raw, source, key)
+            return await self._handle(raw, source, key, mark)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # our bug: do not lose the event, dead-letter it with the reason
             return await self.crashed(exc, raw, source)
 
-    async def _handle(self, raw: bytes | None, source: Source, key: bytes | None) -> str:
+    async def _handle(
+        self, raw: bytes | None, source: Source, key: bytes | None, mark: ReplayMark | None
+    ) -> str:
         decoded = self.decoder.decode(raw)
         if isinstance(decoded, Rejection):
             await self.reject(decoded, raw, source)
@@ -124,7 +133,7 @@ class Pipeline:
             await self.send_event(decoded.id.encode(), raw)
             log_outcome(decoded.id, "rekeyed", partition=source.partition, offset=source.offset)
             return "rekeyed"
-        return await self.simulate(decoded, source)
+        return await self.simulate(decoded, source, mark)
 
     async def crashed(self, exc: Exception, raw: bytes | None, source: Source) -> str:
         """An `internal_error` dead letter for the event; DEFERRED when it cannot be written
@@ -174,10 +183,18 @@ class Pipeline:
             offset=source.offset,
         )
 
-    async def simulate(self, event: SimulationEvent, source: Source) -> str:
-        claim = await self.ledger.claim(event.id, source)
+    async def simulate(
+        self, event: SimulationEvent, source: Source, mark: ReplayMark | None = None
+    ) -> str:
+        claim = await self.ledger.claim(event.id, source, mark)
         if claim.kind == DUPLICATE:
             return await self.duplicate(event, source, claim)
+        attempt = mark.attempt if mark is not None else None
+        if mark is not None:
+            log.info(
+                "simulation %s is the replay %s%s: %s",
+                event.id, attempt, " (forced)" if mark.force else "", claim.kind,
+            )  # fmt: skip
         if claim.kind == SKIP_RUNNING:
             log_outcome(event.id, "skipped_running", reason="redelivered while running here")
             return "skipped_running"
@@ -192,7 +209,7 @@ class Pipeline:
                 iterations=claim.state.iterations,
                 llm_calls=claim.state.usage.llm_calls,
             )
-        self.ledger.start(event.id, source)  # from here a redelivery waits for this run
+        self.ledger.start(event.id, source, attempt)  # from here a redelivery waits for this run
         outcome: str | None = None
         try:
             to_go = event.max_iterations - (claim.state.iterations if claim.state else 0)
@@ -201,17 +218,17 @@ class Pipeline:
                 return DEFERRED
             metrics.conversations_active.inc()
             try:
-                consumed, summary = await self.converse(event, source, claim)
+                consumed, summary = await self.converse(event, source, claim, attempt)
             finally:
                 metrics.conversations_active.dec()
-            outcome = await self.summarized(event, summary, source)
+            outcome = await self.summarized(event, summary, source, attempt)
             await consumed  # the "consumed" progress message is durable too
             return outcome
         finally:
             self.ledger.end(event.id, outcome)
 
     async def converse(
-        self, event: SimulationEvent, source: Source, claim: Claim
+        self, event: SimulationEvent, source: Source, claim: Claim, attempt: str | None = None
     ) -> tuple[Awaitable[Any], Summary]:
         """The conversation's LLM work, in its slot (the slot is free again when it ends);
         the "consumed" progress message goes out first (its ack is awaited later)."""
@@ -220,7 +237,7 @@ class Pipeline:
                 event.batch_id, "consumed", event.id, batch_size=event.batch_size
             )
             summary = await self.engine.run(
-                event, claim.state, self.checkpointer(event, source, claim.state)
+                event, claim.state, self.checkpointer(event, source, claim.state, attempt)
             )
             return consumed, summary
         finally:
@@ -236,7 +253,13 @@ class Pipeline:
             models["assistant"] = engine.endpoint_models.get(endpoint, models["assistant"])
         return models
 
-    async def summarized(self, event: SimulationEvent, summary: Summary, source: Source) -> str:
+    async def summarized(
+        self,
+        event: SimulationEvent,
+        summary: Summary,
+        source: Source,
+        attempt: str | None = None,
+    ) -> str:
         """The summary durable on the results topic, then the "done" row: from here the
         outbox delivers it, and a redelivered event is skipped."""
         payload = summary.model_dump(mode="json", exclude_none=True)
@@ -247,14 +270,18 @@ class Pipeline:
         # redelivered event that its summary is already on the results topic.
         await self.store.put(
             event.id,
-            done_row(source.partition, source.offset, summary.end_reason),
+            done_row(source.partition, source.offset, summary.end_reason, attempt),
             source.partition,
         )
         log.debug("simulation %s summarized: %s", event.id, summary.end_reason)
         return summary.end_reason
 
     def checkpointer(
-        self, event: SimulationEvent, source: Source, resumed: ConversationState | None
+        self,
+        event: SimulationEvent,
+        source: Source,
+        resumed: ConversationState | None,
+        attempt: str | None = None,
     ) -> Callable[[ConversationState], Awaitable[None]] | None:
         """Writes the conversation's row after every turn (CHECKPOINT_TURNS); a turn's row
         waits until the previous turn's row is durable. So a crash re-bills at most the call
@@ -272,7 +299,7 @@ class Pipeline:
                 await previous.pop()
             data = state.to_dict()
             data["elapsed_ms"] = base_ms + int((time.monotonic() - started) * 1000)
-            row = running_row(source.partition, source.offset, data)
+            row = running_row(source.partition, source.offset, data, attempt)
             previous.append(self.store.put(event.id, row, source.partition))
 
         return checkpoint
