@@ -157,14 +157,15 @@ async def track_progress(stream: Any) -> None:
 
 @app.timer(GAUGE_REFRESH_SECONDS)
 async def refresh_progress_gauges() -> None:
-    """total_simulations / remaining_simulations for the newest GAUGED_BATCHES unfinished
-    batches this worker owns (a bounded set of series, whatever the batch ids); series of
-    batches that finished, expired or moved to another worker are dropped."""
+    """total_simulations / remaining_simulations for the GAUGED_BATCHES most recently updated
+    batches this worker owns (a bounded set of series, whatever the batch ids); a finished
+    batch keeps its series until newer batches push it out or it expires (BATCH_RETENTION);
+    series of batches that expired or moved to another worker are dropped."""
     if app.rebalancing:
         return
     mine = active_partitions()
     shown = set()
-    for batch_id in batches.newest(mine, settings.gauged_batches, unfinished=True):
+    for batch_id in batches.newest(mine, settings.gauged_batches):
         row = progress_table.get(batch_id)
         if not isinstance(row, dict):
             continue

@@ -324,7 +324,7 @@ class Settings(BaseSettings):
         200, ge=1, le=10_000, description="batches a worker lists in /progress/ (the newest)"
     )
     gauged_batches: int = Field(
-        50, ge=0, le=1000, description="unfinished batches with their own Prometheus series"
+        50, ge=0, le=1000, description="batches (the most recently updated) with their own series"
     )
 
     # --- The batch report (simapp/observe/report.py) ---

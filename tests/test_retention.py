@@ -73,7 +73,7 @@ def test_hostile_batch_ids_and_model_names_make_bounded_series(stack, ns, worker
     listed = http_json(f"{web}/progress/")
     assert len(listed["batches"]) <= 20 and listed["batches_known"] >= 60
     m = metrics(worker)
-    batch_series = {k for k in m if k.startswith("total_simulations{")}
+    batch_series = {k for k in m if k.startswith("total_simulations{")}  # 60 batches
     assert len(batch_series) <= 5, batch_series
     model_labels = {k for k in m if k.startswith("llm_api_calls_total{")}
     assert len(model_labels) <= 21, model_labels  # 20 names, then "other"
