@@ -35,6 +35,7 @@ from typing import Any
 from simapp.agents.wiring import give_back
 from simapp.tables.progress import (
     active_partitions,
+    batch_stops,
     batches,
     members_owning,
     progress_seen_table,
@@ -76,6 +77,10 @@ def record(value: Any, partition: int) -> dict[str, Any] | None:
     key = seen_key(batch_id, msg["simulation_id"])
     seen = progress_seen_table.get(key)
     row, new_seen, counted = apply_once(progress_table.get(batch_id), seen, msg, partition)
+    if msg["kind"] == "spend":
+        progress_table[batch_id] = row
+        stop_if_capped(batch_id, row)
+        return None
     if counted:
         progress_seen_table[key] = new_seen
     else:
@@ -89,6 +94,17 @@ def record(value: Any, partition: int) -> dict[str, Any] | None:
         return None
     report = report if report is not None else report_row(batch_id)
     return report if webhook_due(report, row) else None
+
+
+def stop_if_capped(batch_id: str, row: dict[str, Any]) -> None:
+    """Tell every worker (the global table) that the batch reached its spend cap, once."""
+    if row.get("capped_at") and batch_stops.get(batch_id) is None:
+        batch_stops[batch_id] = {"at": row["capped_at"], "spent_usd": row.get("spent_usd")}
+        log.warning(
+            "batch %s reached its max_cost_usd %s (spent %.4f USD): its remaining simulations "
+            "end as budget_exhausted",
+            batch_id, row.get("max_cost_usd"), row.get("spent_usd") or 0.0,
+        )  # fmt: skip
 
 
 def fold_report(batch_id: str, msg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any] | None:

@@ -3,7 +3,8 @@
 Every second each table's sweeper (simapp/worker/retention.py) looks at up to
 RETENTION_SWEEP_ROWS rows of the partitions this worker owns: progress rows of batches that
 finished (or heard nothing) more than BATCH_RETENTION ago, the "seen" entries and report rows
-of batches whose progress row is gone, and simulation rows older than SIMULATION_RETENTION.
+(and spend-cap stops) of batches whose progress row is gone, and simulation rows older than
+SIMULATION_RETENTION.
 The progress sweep also notes every row it walks in the batch index, so batches recovered
 after a rebalance are listed without reading the whole table at once. Rows per table after
 each full pass are the `table_rows{table}` gauge; `make soak` reads it.
@@ -17,6 +18,7 @@ from typing import Any
 
 from simapp.tables.progress import (
     active_partitions,
+    batch_stops,
     batches,
     progress_seen_table,
     progress_table,
@@ -70,6 +72,8 @@ sweepers = {
     "progress": TableSweeper(progress_table, _progress_expired, _batch_partition, per_tick),
     "progress-seen": TableSweeper(progress_seen_table, _seen_expired, _batch_partition, per_tick),
     "reports": TableSweeper(reports_table, _report_expired, _batch_partition, per_tick),
+    # a global table: every worker holds it, the batch's owner deletes (tombstones reach all)
+    "batch-stops": TableSweeper(batch_stops, _report_expired, _batch_partition, per_tick),
     "simulations": TableSweeper(
         simulations, _simulation_expired, lambda key: key_partition(str(key), N), per_tick
     ),
@@ -100,4 +104,3 @@ async def forget_expired_rows() -> None:
         if deleted:
             metrics.table_rows_expired.labels(name).inc(deleted)
             log.info("retention: %d expired rows of %s deleted", deleted, name)
-

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from simapp.tables.progress import batch_stops
 from simapp.tables.simulations import simulations
 
 from simapp.worker.application import app, settings, topics
 from simapp.worker.parts import WorkerParts
 
-parts = WorkerParts(settings, topics, simulations)
+parts = WorkerParts(settings, topics, simulations, batch_stops)
 app.flow_listeners.append(parts.on_flow)  # the slots' door and the outbox follow the flow
 
 

@@ -32,6 +32,21 @@ progress_seen_table = app.Table(
 )
 
 
+# Batches whose spend cap (max_cost_usd) was reached: batch id -> {"at", "spent_usd"}. Written
+# by the progress agent of the batch's owner, read by every worker before each LLM call of the
+# batch: a global table is on every worker, so a stop reaches every one of them. Buffers of one
+# record: Faust applies a standby's changelog records 1000 at a time by default (its GlobalTable
+# docstring asks for recovery_buffer_size=1), which held a stop back past the batch's end.
+batch_stops = app.GlobalTable(
+    "batch-stops",
+    default=None,
+    key_type=str,
+    partitions=settings.kafka_partitions,
+    recovery_buffer_size=1,
+    help="Batches whose max_cost_usd was reached (simapp/observe/progress.py apply_spend)",
+)
+
+
 def seen_key(batch_id: str, simulation_id: str) -> str:
     return f"{batch_id}/{simulation_id}"
 

@@ -121,6 +121,7 @@ def estimate(
     costs = [row["cost_usd"] for row in out_rows]
     total_cost = None if None in costs else round(sum(costs), 4)
     times = {name: calls / rate_of(settings, name, workers) for name, calls in by_backend.items()}
+    caps = [e.max_cost_usd for e in events if e.max_cost_usd is not None]
     return {
         "events": len(events),
         "llm_calls": round(sum(by_backend.values())),
@@ -128,6 +129,7 @@ def estimate(
         "seconds": round(max(times.values(), default=0.0), 1),
         "seconds_by_backend": {k: round(v, 1) for k, v in times.items()},
         "cost_usd": total_cost,
+        "max_cost_usd": min(caps) if caps else None,
         "figures": figures.__dict__,
         "workers": workers,
     }
@@ -141,6 +143,19 @@ def rate_of(settings: Settings, backend: str, workers: int) -> float:
     if settings.llm_global_rate_limit_rps:
         return effective_rate(settings.llm_global_rate_limit_rps, 1.0, margin)
     return effective_rate(settings.llm_rate_limit_rps * workers, 1.0, margin)
+
+
+def cap_line(cap: float, cost: float | None) -> str:
+    """Whether the batch's max_cost_usd is likely to stop it, by the estimated cost."""
+    if cost is None:
+        return f"spend cap: ${cap:.2f}; the cost is unknown, so it may stop the batch"
+    if cost <= cap:
+        return f"spend cap: ${cap:.2f}, above the estimated cost: it should not stop the batch"
+    return (
+        f"spend cap: ${cap:.2f}, below the estimated cost: the batch is likely to stop at about "
+        f"{cap / cost:.0%} of its LLM calls; the simulations it has not finished end as "
+        "budget_exhausted"
+    )
 
 
 def report_lines(result: dict[str, Any], settings: Settings) -> list[str]:
@@ -165,6 +180,9 @@ def report_lines(result: dict[str, Any], settings: Settings) -> list[str]:
             "unknown: some models are not in LiteLLM's cost map" if cost is None else f"${cost:.2f}"
         ),  # fmt: skip
     ]
+    cap = result.get("max_cost_usd")
+    if cap is not None:
+        lines.append("  " + cap_line(cap, cost))
     for row in result["by_role_and_model"]:
         price = "unpriced" if row["cost_usd"] is None else f"${row['cost_usd']:.4f}"
         lines.append(

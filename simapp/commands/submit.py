@@ -33,11 +33,17 @@ from simapp.worker.application import app, settings
 
 
 def validate_lines(
-    lines: list[str], s: Settings, batch_id: str, repeats: int = 1, resolve_models: bool = True
+    lines: list[str],
+    s: Settings,
+    batch_id: str,
+    repeats: int = 1,
+    resolve_models: bool = True,
+    max_cost: float | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Decode every non-blank line; returns (events with batch id/size set, each scenario
     `repeats` times, problems). `resolve_models=False` (--estimate) leaves out where each
-    model would be sent, which loads LiteLLM on its route."""
+    model would be sent, which loads LiteLLM on its route. `max_cost` is the batch's spend
+    cap, on every event (the first one the batch's owner hears of is the batch's)."""
     decoder = EventDecoder(s, resolve_models=resolve_models)
     problems: list[str] = []
     raw: list[tuple[int, dict]] = []
@@ -64,6 +70,8 @@ def validate_lines(
         for copy in repeated(data, repeats):
             copy["batch_id"] = batch_id
             copy["batch_size"] = len(raw) * repeats
+            if max_cost is not None:
+                copy["max_cost_usd"] = max_cost
             again = decoder.decode(json.dumps(copy).encode())
             if isinstance(again, Rejection):  # e.g. an invalid --batch-id, an id too long
                 problems.append(f"line {number}: {again.reason}: {again.detail}")
@@ -86,6 +94,13 @@ def validate_lines(
         help="workers sharing the load, for --estimate without LLM_GLOBAL_RATE_LIMIT_RPS",
     ),
     FOLLOW_TIMEOUT_OPTION,
+    option(
+        "--max-cost",
+        type=float,
+        default=None,
+        help="the batch's spend cap in USD: once reached, its unfinished simulations end as "
+        "budget_exhausted (sets max_cost_usd on every event)",
+    ),
     base=SimappCommand,
 )
 async def submit(
@@ -98,6 +113,7 @@ async def submit(
     repeats: int,
     workers: int,
     follow_timeout: float,
+    max_cost: float | None,
 ) -> int:
     """Validate every line of FILE.jsonl, then send them all as one batch."""
     try:
@@ -114,7 +130,7 @@ async def submit(
         return 2
     batch_id = batch_id or new_batch_id()
     events, problems = validate_lines(
-        lines, settings, batch_id, repeats, resolve_models=not estimate
+        lines, settings, batch_id, repeats, resolve_models=not estimate, max_cost=max_cost
     )
     if problems:
         for problem in problems:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-KINDS = ("consumed", "completed", "failed")
+KINDS = ("consumed", "completed", "failed", "spend")  # spend: cost to date, batches with a cap
 FINAL = frozenset({"completed", "failed"})
 RATE_TAU = 60.0  # seconds, time constant of the rate EWMA
 MIN_WINDOW = 1.0  # seconds, smallest window a rate is measured over (bursts at start)
@@ -71,10 +71,13 @@ def progress_message(
     duration_ms: int | None = None,
     at: float | None = None,
     facts: dict[str, Any] | None = None,
+    cost_usd: float | None = None,
+    max_cost_usd: float | None = None,
 ) -> dict[str, Any]:
     """One progress message, as `parse_message` reads it back. A final message of a
     simulation that has a summary carries its `facts` for the batch report
-    (simapp/observe/report.py `simulation_facts`)."""
+    (simapp/observe/report.py `simulation_facts`); a "spend" message its cost since the
+    last one and the batch's cap."""
     message = {
         "batch_id": batch_id,
         "kind": kind,
@@ -86,6 +89,9 @@ def progress_message(
     }
     if facts is not None:
         message["facts"] = facts
+    if kind == "spend":
+        message["cost_usd"] = cost_usd
+        message["max_cost_usd"] = max_cost_usd
     return message
 
 
@@ -141,6 +147,9 @@ def parse_message(value: Any, now: float | None = None) -> dict[str, Any]:
     if reason is not None and not isinstance(reason, str):
         reason = str(reason)
     facts = value.get("facts")
+    if kind == "spend":
+        return {**_spend_fields(value), "batch_id": batch_id, "kind": kind,
+                "simulation_id": sim, "at": float(at)}  # fmt: skip
     return {
         "batch_id": batch_id,
         "kind": kind,
@@ -151,6 +160,35 @@ def parse_message(value: Any, now: float | None = None) -> dict[str, Any]:
         "at": float(at),
         "facts": facts if kind in FINAL and isinstance(facts, Mapping) else None,
     }
+
+
+def _spend_fields(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A spend message's cost (USD since the simulation's last one) and the batch's cap."""
+    cost, cap = value.get("cost_usd"), value.get("max_cost_usd")
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not math.isfinite(cost):
+        raise BadMessage("cost_usd missing or not a number")
+    if cap is not None and (
+        isinstance(cap, bool) or not isinstance(cap, int | float) or not math.isfinite(cap)
+    ):
+        cap = None
+    return {"cost_usd": max(0.0, float(cost)), "max_cost_usd": cap}
+
+
+def apply_spend(
+    row: Mapping[str, Any] | None, msg: Mapping[str, Any], partition: int | None
+) -> dict[str, Any]:
+    """Add a simulation's cost since its last spend message to the batch's cost to date; the
+    first cap a message names is the batch's, and `capped_at` is set once it is reached."""
+    out = _copy(row) if row is not None else new_row(msg["batch_id"], partition)
+    if partition is not None:
+        out["partition"] = partition
+    out["spent_usd"] = float(out.get("spent_usd") or 0.0) + msg["cost_usd"]
+    if out.get("max_cost_usd") is None and msg.get("max_cost_usd"):
+        out["max_cost_usd"] = float(msg["max_cost_usd"])
+    cap = out.get("max_cost_usd")
+    if cap is not None and out["spent_usd"] >= cap and not out.get("capped_at"):
+        out["capped_at"] = msg["at"]
+    return out
 
 
 def new_row(batch_id: str, partition: int | None = None) -> dict[str, Any]:
@@ -299,6 +337,8 @@ def apply_once(
     wins: a later completed/failed for the same simulation is a duplicate.
     """
     kind = msg["kind"]
+    if kind == "spend":  # increments, not states: every one counts (a crash may repeat one)
+        return apply_spend(row, msg, partition), seen, True
     if seen in FINAL or (kind == "consumed" and seen is not None):
         out = _copy(row) if row is not None else new_row(msg["batch_id"], partition)
         out["duplicates"] = int(out.get("duplicates") or 0) + 1
@@ -355,6 +395,9 @@ def view(row: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
         "duration_p50_s": round(p50 / 1000, 3) if p50 is not None else None,
         "duration_p95_s": round(p95 / 1000, 3) if p95 is not None else None,
         "duplicates": int(row.get("duplicates") or 0),
+        "spent_usd": round(float(row["spent_usd"]), 6) if row.get("spent_usd") else None,
+        "max_cost_usd": row.get("max_cost_usd"),
+        "capped": bool(row.get("capped_at")),
     }
 
 

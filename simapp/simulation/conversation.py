@@ -17,8 +17,9 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from simapp.llm.completion import (
     END_CONTEXT_WINDOW,
@@ -43,6 +44,7 @@ END_MAX_ITERATIONS = "max_iterations"
 END_TIMEOUT = "timeout"
 END_USER_ERROR = "user_error"
 END_SIZE_LIMIT = "size_limit"  # the history outgrew MAX_HISTORY_BYTES
+END_BUDGET_EXHAUSTED = "budget_exhausted"  # the batch's max_cost_usd was reached
 END_REASONS = (
     END_COMPLETED,
     END_MAX_ITERATIONS,
@@ -52,6 +54,7 @@ END_REASONS = (
     END_CONTEXT_WINDOW,
     END_USER_ERROR,
     END_SIZE_LIMIT,
+    END_BUDGET_EXHAUSTED,
 )
 SIZE_MARKER = "…[simapp cut {n} characters: the conversation reached MAX_HISTORY_BYTES]"
 ROLE_ASSISTANT, ROLE_USER, ROLE_JUDGE = "assistant", "user", "judge"
@@ -98,6 +101,7 @@ class ConversationState:
     elapsed_ms: int = 0  # time spent in earlier attempts (before a crash/resume)
     ended: str | None = None  # the end_reason, once the turns are over (the judge may follow)
     error: str | None = None
+    spend_reported: float = 0.0  # USD of this conversation reported to its batch's spend cap
     _bytes: int | None = None  # the history's JSON size, counted as turns are added
 
     @property
@@ -119,6 +123,7 @@ class ConversationState:
             "elapsed_ms": self.elapsed_ms,
             "ended": self.ended,
             "error": self.error,
+            "spend_reported": self.spend_reported,
         }
 
     @classmethod
@@ -130,10 +135,14 @@ class ConversationState:
             elapsed_ms=int(data.get("elapsed_ms", 0)),
             ended=data.get("ended"),
             error=data.get("error"),
+            spend_reported=float(data.get("spend_reported") or 0.0),
         )
 
 
 Checkpoint = Callable[[ConversationState], Awaitable[None]]
+Stop = Callable[[], bool]  # True once the conversation must make no more LLM calls
+
+_stop: ContextVar[Stop | None] = ContextVar("simapp_stop", default=None)
 
 
 def message_bytes(message: dict[str, str]) -> int:
@@ -301,7 +310,7 @@ class ConversationEngine:
         model = event.assistant_model
         if endpoint is not None and not (spec and spec.model):
             model = self.endpoint_models.get(endpoint, model)  # what the endpoint serves
-        reply = await self.llm.complete(
+        reply = await self.complete(
             model,
             state.history,
             role=ROLE_ASSISTANT,
@@ -323,7 +332,7 @@ class ConversationEngine:
             messages = self.user_view(event, state.history)
             if nudge is not None:
                 messages.append({"role": "system", "content": nudge})
-            reply = await self.llm.complete(
+            reply = await self.complete(
                 model, messages, role=ROLE_USER, temperature=spec.temperature if spec else None
             )
             self._account(state, ROLE_USER, reply)
@@ -424,7 +433,7 @@ class ConversationEngine:
         assert event.judge is not None
         try:
             async with asyncio.timeout(self.judge_timeout):
-                reply = await self.llm.complete(
+                reply = await self.complete(
                     model,
                     judge_messages(event, state.history),
                     role=ROLE_JUDGE,
@@ -450,13 +459,24 @@ class ConversationEngine:
     def _account(state: ConversationState, role: str, reply: Completion) -> None:
         state.usage.charge(role, reply.prompt_tokens, reply.completion_tokens, reply.cost_usd)
 
+    async def complete(self, model: str, messages: list[dict], **options: Any) -> Completion:
+        """One LLM call of this conversation, unless its `stop` says no more (the batch's
+        spend cap): then an LLMError ends it as budget_exhausted, no request made."""
+        stop = _stop.get()
+        if stop is not None and stop():
+            raise LLMError("the batch's max_cost_usd was reached", END_BUDGET_EXHAUSTED)
+        return await self.llm.complete(model, messages, **options)
+
     async def run(
         self,
         event: SimulationEvent,
         state: ConversationState | None = None,
         checkpoint: Checkpoint | None = None,
+        stop: Stop | None = None,
     ) -> Summary:
-        """Run (or resume from `state`) to an end, let the judge look, build the summary."""
+        """Run (or resume from `state`) to an end, let the judge look, build the summary;
+        `stop()` is asked before every LLM call."""
+        _stop.set(stop)
         state = state or self.initial_state(event)
         started = time.monotonic()
         if state.ended is None:

@@ -15,6 +15,7 @@ is unit-tested with fakes (tests/test_pipeline_unit.py) and wired once for the w
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,11 +28,13 @@ from simapp.observe.logs import log_outcome
 from simapp.observe.progress import ProgressReporter
 from simapp.simulation.checkpoints import SimulationStore, done_row, running_row
 from simapp.simulation.conversation import (
+    END_BUDGET_EXHAUSTED,
     END_CONTEXT_WINDOW,
     END_LLM_ERROR,
     END_LLM_UNAVAILABLE,
     END_SIZE_LIMIT,
     END_USER_ERROR,
+    Checkpoint,
     ConversationEngine,
     ConversationState,
 )
@@ -41,7 +44,14 @@ from simapp.simulation.schemas import EventDecoder, Rejection, SimulationEvent, 
 log = logging.getLogger(__name__)
 
 FAILED_END_REASONS = frozenset(
-    {END_LLM_ERROR, END_LLM_UNAVAILABLE, END_CONTEXT_WINDOW, END_USER_ERROR, END_SIZE_LIMIT}
+    {
+        END_LLM_ERROR,
+        END_LLM_UNAVAILABLE,
+        END_CONTEXT_WINDOW,
+        END_USER_ERROR,
+        END_SIZE_LIMIT,
+        END_BUDGET_EXHAUSTED,
+    }
 )
 
 Send = Callable[[bytes, Any], Awaitable[Any]]  # (key, value) -> durable on its topic
@@ -91,6 +101,7 @@ class Pipeline:
         send_event: Send,
         checkpoint_turns: bool = True,
         slots: ConversationSlots | None = None,
+        stopped: Callable[[str], bool] | None = None,
     ) -> None:
         self.decoder = decoder
         self.ledger = ledger
@@ -102,6 +113,7 @@ class Pipeline:
         self.send_event = send_event
         self.checkpoint_turns = checkpoint_turns
         self.slots = slots
+        self.stopped = stopped  # batch id -> its spend cap was reached (the global table)
 
     async def handle(
         self,
@@ -236,13 +248,51 @@ class Pipeline:
             consumed = await self.progress.report_soon(
                 event.batch_id, "consumed", event.id, batch_size=event.batch_size
             )
-            summary = await self.engine.run(
-                event, claim.state, self.checkpointer(event, source, claim.state, attempt)
-            )
+            checkpoint = self.checkpointer(event, source, claim.state, attempt)
+            if event.max_cost_usd is None:
+                return consumed, await self.engine.run(event, claim.state, checkpoint)
+            checkpoint, flush = self.spender(event, checkpoint, claim.state)
+            stop = None if self.stopped is None else functools.partial(self.stopped, event.batch_id)
+            summary = await self.engine.run(event, claim.state, checkpoint, stop)
+            await flush(summary.usage.cost_usd)
             return consumed, summary
         finally:
             if self.slots is not None:
                 self.slots.leave()
+
+    def spender(
+        self,
+        event: SimulationEvent,
+        checkpoint: Checkpoint | None,
+        resumed: ConversationState | None,
+    ) -> tuple[Checkpoint, Callable[[float | None], Awaitable[None]]]:
+        """For a batch with a spend cap (max_cost_usd): at every checkpoint (after each LLM
+        call), the conversation's cost since its last report goes to the batch's owner (a
+        "spend" progress message) before the row is written, so the batch's cost to date lags
+        its calls by the calls in flight; `flush(cost)` reports what the judge added. A crash
+        between a report and its row reports that call twice (the batch stops early, never
+        late)."""
+        reported = [resumed.spend_reported if resumed is not None else 0.0]
+
+        async def flush(cost: float | None) -> None:
+            cost = cost or 0.0
+            if cost > reported[0]:
+                await self.progress.report(
+                    event.batch_id,
+                    "spend",
+                    event.id,
+                    cost_usd=cost - reported[0],
+                    max_cost_usd=event.max_cost_usd,
+                )
+                reported[0] = cost
+
+        async def spend_then_checkpoint(state: ConversationState) -> None:
+            await flush(state.usage.cost_usd)
+            state.spend_reported = reported[0]
+            if checkpoint is not None:
+                await checkpoint(state)
+
+        return spend_then_checkpoint, flush
 
     def models(self, event: SimulationEvent) -> dict[str, str]:
         """The model of each role of this event, as the engine resolves them."""

@@ -127,6 +127,9 @@ class SimulationEvent(BaseModel):
     min_iterations: int | None = Field(None, ge=1)
     scenario_id: Id | None = None
     batch_callback_url: Url | None = None  # the batch report is POSTed there when it finishes
+    # The batch's spend cap in USD: once the batch's reported cost reaches it, its remaining
+    # LLM calls are not made and its simulations end as budget_exhausted.
+    max_cost_usd: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False)
 
     @property
     def scenario(self) -> str:

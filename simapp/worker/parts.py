@@ -282,8 +282,11 @@ def record_sender(topic: Any, max_bytes: int) -> Callable[[bytes, Any], Awaitabl
 class WorkerParts:
     """The parts of one worker, built from the settings."""
 
-    def __init__(self, s: Settings, topics: Any, table: Any) -> None:
+    def __init__(self, s: Settings, topics: Any, table: Any, stops: Any = None) -> None:
+        """`table` holds the simulations' rows; `stops` (a global table, optional) the batches
+        whose spend cap was reached."""
         self.settings = s
+        self.stops = stops
         self.topics = topics
         self.limits = rate_limits(s)
         self.limits.allot({}, 0.0)  # none of the group's budgets before the first assignment
@@ -325,8 +328,13 @@ class WorkerParts:
                 send_event=durable(sender_to(t.events)),
                 checkpoint_turns=s.checkpoint_turns,
                 slots=self.slots,
+                stopped=self._stopped if self.stops is not None else None,
             )
         return self._pipeline
+
+    def _stopped(self, batch_id: str) -> bool:
+        """The batch reached its max_cost_usd (its owner wrote the global table)."""
+        return self.stops.get(batch_id) is not None
 
     def dead_letters(self) -> DeadLetters:
         if self._dead_letters is None:
