@@ -5,6 +5,14 @@ Once the batch's cost to date reaches its cap, the batch's owner writes the glob
 table; both workers then make no more LLM call for that batch, and every simulation still
 ends delivered: those cut short (or never started) as budget_exhausted. On the old code the
 field is ignored and every simulation completes, at the full cost.
+
+The bound: a call's cost is reported when it returns, so what a batch spends past its cap is
+the calls in flight when the cost to date reached it (at most one per conversation slot of the
+group: 20 here) plus the calls started before the stop reached each worker (the spend message's
+trip to the owner and the global table's to the worker: 0.3-1.2 s in the workers' "stopped on
+this worker ... after the cap was reached" lines, at most 20 calls/s here). Measured: 9 to 19
+calls' worth past a cap of 30 calls' worth (1.31x-1.63x). The assertion below is what must hold
+whatever the timing: most of the batch was never run.
 """
 
 from __future__ import annotations

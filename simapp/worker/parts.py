@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -287,6 +288,7 @@ class WorkerParts:
         whose spend cap was reached."""
         self.settings = s
         self.stops = stops
+        self._stops_seen: dict[str, bool] = {}  # the batches seen stopped (the last 1000)
         self.topics = topics
         self.limits = rate_limits(s)
         self.limits.allot({}, 0.0)  # none of the group's budgets before the first assignment
@@ -333,8 +335,19 @@ class WorkerParts:
         return self._pipeline
 
     def _stopped(self, batch_id: str) -> bool:
-        """The batch reached its max_cost_usd (its owner wrote the global table)."""
-        return self.stops.get(batch_id) is not None
+        """The batch reached its max_cost_usd (its owner wrote the global table); the first
+        time this worker sees it, a line says so."""
+        stop = self.stops.get(batch_id)
+        if stop is None:
+            return False
+        if batch_id not in self._stops_seen:
+            if len(self._stops_seen) >= 1_000:
+                self._stops_seen.pop(next(iter(self._stops_seen)))
+            self._stops_seen[batch_id] = True
+            at = stop.get("at") if isinstance(stop, dict) else None
+            lag = f" {time.time() - at:.2f} s after the cap was reached" if at else ""
+            log.warning("batch %s stopped on this worker%s: max_cost_usd", batch_id, lag)
+        return True
 
     def dead_letters(self) -> DeadLetters:
         if self._dead_letters is None:
