@@ -45,7 +45,7 @@ from simapp.tables.progress import (
 from simapp.tables.reports import report_row, reports_table
 
 from simapp.observe import metrics
-from simapp.observe.progress import FINAL, BadMessage, apply_once, parse_message, view
+from simapp.observe.progress import FINAL, BadMessage, apply_at, parse_message, view
 from simapp.observe.report import (
     batch_record,
     budget_of,
@@ -67,16 +67,18 @@ _gauged: set[str] = set()
 send_batch_record = record_sender(topics.results, settings.max_record_bytes)
 
 
-def record(value: Any, partition: int) -> dict[str, Any] | None:
-    """Apply one raw progress message to the tables; returns the batch's report when its
-    batch webhook is due (see the module docstring), else None."""
+def record(value: Any, partition: int, offset: int) -> dict[str, Any] | None:
+    """Apply one raw progress message (at `offset` of the progress topic) to the tables;
+    returns the batch's report when its batch webhook is due (see the module docstring), else
+    None. `apply_at` and the report's `applied_offset` make a message that comes back after a
+    crash complete what the crash cut short, never count twice."""
     if isinstance(value, bytes | bytearray | str):
         value = json.loads(value)
     msg = parse_message(value)
     batch_id = msg["batch_id"]
     key = seen_key(batch_id, msg["simulation_id"])
     seen = progress_seen_table.get(key)
-    row, new_seen, counted = apply_once(progress_table.get(batch_id), seen, msg, partition)
+    row, new_seen, counted = apply_at(progress_table.get(batch_id), seen, msg, partition, offset)
     if msg["kind"] == "spend":
         progress_table[batch_id] = row
         stop_if_capped(batch_id, row)
@@ -89,7 +91,7 @@ def record(value: Any, partition: int) -> dict[str, Any] | None:
     batches.note(row)
     report = None
     if counted and msg["kind"] in FINAL:
-        report = fold_report(batch_id, msg, row)
+        report = fold_report(batch_id, msg, row, offset)
     if row.get("finished_at") is None:
         return None
     report = report if report is not None else report_row(batch_id)
@@ -107,10 +109,15 @@ def stop_if_capped(batch_id: str, row: dict[str, Any]) -> None:
         )  # fmt: skip
 
 
-def fold_report(batch_id: str, msg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any] | None:
-    """The batch's report row with the message folded in and written; None (logged) when the
-    stored row cannot take it: the progress counts go on whatever happens to the report."""
+def fold_report(
+    batch_id: str, msg: dict[str, Any], row: dict[str, Any], offset: int
+) -> dict[str, Any] | None:
+    """The batch's report row with the message folded in and written (unless the row already
+    holds it: the message came back after a crash); None (logged) when the stored row cannot
+    take it: the progress counts go on whatever happens to the report."""
     report = report_row(batch_id) or new_report(batch_id)
+    if int(report.get("applied_offset", -1)) >= offset:
+        return report
     try:
         fold(
             report,
@@ -122,6 +129,7 @@ def fold_report(batch_id: str, msg: dict[str, Any], row: dict[str, Any]) -> dict
     except Exception:  # noqa: BLE001 - a row of another version, say; never stop the agent
         log.exception("batch report of %s: %s not folded", batch_id, msg["simulation_id"])
         return None
+    report["applied_offset"] = offset
     reports_table[batch_id] = report
     return report
 
@@ -152,7 +160,7 @@ async def track_progress(stream: Any) -> None:
     async for event in stream.events():
         message = event.message
         try:
-            due = record(event.value, message.partition)
+            due = record(event.value, message.partition, message.offset)
         except (BadMessage, ValueError, TypeError) as exc:
             log.warning(
                 "skipping bad progress message at %s[%s]@%s: %s",

@@ -348,6 +348,66 @@ def apply_once(
     return apply(row, msg, partition), kind, True
 
 
+def seen_state(seen: Any) -> tuple[str | None, int | None, bool]:
+    """A seen entry: (state, the progress offset of the message that counted it, whether a
+    final message counted the consumption too). "completed@412/c"; older entries are the bare
+    state ("completed"), offset unknown."""
+    if not isinstance(seen, str):
+        return None, None, False
+    kind, _, rest = seen.partition("@")
+    if not rest:
+        return kind, None, False
+    offset, _, flag = rest.partition("/")
+    try:
+        return kind, int(offset), flag == "c"
+    except ValueError:
+        return kind, None, False
+
+
+def apply_at(
+    row: Mapping[str, Any] | None,
+    seen: str | None,
+    msg: Mapping[str, Any],
+    partition: int | None,
+    offset: int,
+) -> tuple[dict[str, Any] | None, str | None, bool]:
+    """`apply_once` for the message at `offset` of the progress topic, safe against a crash
+    between its writes. The agent writes the seen entry, the row and the report row as three
+    changelog records, which a SIGKILL can split; the message was not committed, so it comes
+    back. Returns (row, seen, counted): counted is True also for that redelivery, so the
+    report row (its own `applied_offset`) can be completed.
+
+    A counted message leaves its offset in the seen entry and in the row's `applied_offset`
+    (messages of a batch are on one partition, folded in offset order, and a row is a whole
+    snapshot, so a row at or past the offset holds the message):
+    - seen kept, row lost: the seen entry names this very offset, so the message is folded
+      into the row again (with the consumption when it counted that too), not skipped;
+    - row kept, seen lost: the row is at or past the offset, so it is not folded twice.
+    Spend messages are increments, not states: `apply_once` as they are.
+    """
+    if msg["kind"] == "spend":
+        return apply_once(row, seen, msg, partition)
+    kind, counted_at, with_consumed = seen_state(seen)
+    applied = int((row or {}).get("applied_offset", -1))
+    if counted_at == offset and kind == msg["kind"]:  # this message, again after a crash
+        if applied >= offset and row is not None:
+            return dict(row), seen, True
+        before = None if kind == "consumed" or with_consumed else "consumed"
+        out, _, _ = apply_once(row, before, msg, partition)
+        assert out is not None
+        out["applied_offset"] = offset
+        return out, seen, True
+    out, new_kind, counted = apply_once(row, kind, msg, partition)
+    if not counted:
+        return out, seen, False
+    if applied >= offset and row is not None:
+        out = dict(row)  # its seen entry was lost: the row holds it already
+    elif out is not None:
+        out["applied_offset"] = offset
+    consumed_too = msg["kind"] in FINAL and kind is None
+    return out, f"{new_kind}@{offset}" + ("/c" if consumed_too else ""), True
+
+
 def view(row: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
     """What clients see of a row: counts, remaining, percent, rate, ETA, p50/p95."""
     now = time.time() if now is None else now
