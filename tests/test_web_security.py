@@ -4,7 +4,9 @@ WEB_AUTH_TOKEN set, only to requests that carry the token (issue 20, point 2).
 - The routes a worker registers at start (Faust's blueprints applied, also with Faust's own
   switches for its views turned on in the environment or by `--debug`) are the README's list.
 - A live worker answers 404 on Faust's table, router, statistics and graph views.
-- No route returns a prompt, persona, intent or turn, of a running or a finished conversation.
+- No route returns a prompt, persona, intent or turn, of a running or a finished conversation:
+  without a token the batch report (/report/{batch_id}/) names personas and criteria by labels
+  and the transcript view answers 403.
 - With a token: every route but the page answers 401 with an empty body to a request without
   the header, with another scheme, with a wrong token or with the token in the query string;
   workers send the token to each other (`/progress/` gathers, `/progress/{batch}/` forwards);
@@ -128,9 +130,21 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def our_paths(batch_id: str) -> list[str]:
+def our_paths(batch_id: str, simulation_id: str = "s-0") -> list[str]:
     """The README's routes with their parameters filled in."""
-    return sorted(p.replace("{batch_id}", batch_id) for p in readme_routes())
+    return sorted(
+        p.replace("{batch_id}", batch_id).replace("{simulation_id}", simulation_id)
+        for p in readme_routes()
+    )
+
+
+def answers(path: str, token: bool) -> int:
+    """What one of our routes answers a request allowed to reach it: a transcript is served
+    only by a worker with a token (403 without), and only for a failing simulation (the
+    tests' simulations complete: 404)."""
+    if "/transcript/" in path:
+        return 404 if token else 403
+    return 200
 
 
 def faust_paths(sim_id: str, batch_id: str) -> list[str]:
@@ -232,10 +246,10 @@ def test_faust_views_are_not_served(stack: EmbeddedStack, workers: Any, ns: Name
                 served.append(f"{method} {path}: {status} {body[:120]!r}")
     assert not served, "\n".join(served)
     # ours answer (HEAD like GET, without a body); OPTIONS is not one of their methods
-    for path in our_paths(batch_id):
-        assert request(base + path)[0] == 200, path
+    for path in our_paths(batch_id, events[0]["id"]):
+        assert request(base + path)[0] == answers(path, token=False), path
         status, _, body = request(base + path, "HEAD")
-        assert (status, body) == (200, b""), path
+        assert (status, body) == (answers(path, token=False), b""), path
         assert request(base + path, "OPTIONS")[0] == 405, path
 
 
@@ -250,7 +264,7 @@ def test_no_view_returns_a_transcript(stack: EmbeddedStack, workers: Any, ns: Na
     events = slow_events(stack, 4, tag, batch_id)
     assert not any(tag in e["id"] for e in events) and tag not in batch_id
     base = f"http://127.0.0.1:{worker.port}"
-    paths = our_paths(batch_id) + [
+    paths = our_paths(batch_id, events[0]["id"]) + [
         p for e in events for p in faust_paths(e["id"], batch_id) if "{" not in p
     ]
     send_events(stack, ns, events)
@@ -345,7 +359,8 @@ def test_with_a_token_every_route_but_the_page_asks_for_it(
         assert fl.fetch_all(base) == (401, None)  # the client sends nothing without a token
 
     refused = []
-    paths = our_paths(batch_id) + faust_paths(events[0]["id"], batch_id) + ["/nope"]
+    paths = our_paths(batch_id, events[0]["id"]) + faust_paths(events[0]["id"], batch_id)
+    paths.append("/nope")
     for base in bases:
         for path in paths:
             for method in ("GET", "HEAD", "OPTIONS", "POST"):
@@ -364,9 +379,10 @@ def test_with_a_token_every_route_but_the_page_asks_for_it(
     assert not refused, f"{len(refused)} requests not refused:\n" + "\n".join(refused[:30])
 
     for base in bases:
-        for path in our_paths(batch_id):
-            assert request(base + path, headers=bearer())[0] == 200, path
-            assert request(base + path, "HEAD", bearer())[:3:2] == (200, b""), path
+        for path in our_paths(batch_id, events[0]["id"]):
+            status = answers(path, token=True)
+            assert request(base + path, headers=bearer())[0] == status, path
+            assert request(base + path, "HEAD", bearer())[:3:2] == (status, b""), path
         for path in faust_paths(events[0]["id"], batch_id):
             assert request(base + path, headers=bearer())[0] == 404, path
         # the page itself is open, and holds no data nor the token

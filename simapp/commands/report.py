@@ -29,10 +29,11 @@ from simapp.worker.application import app, settings
 
 
 def fetch_report(web_url: str, batch_id: str) -> tuple[int, object]:
-    """The batch's report from the first worker that answers 200 or 404."""
+    """The batch's report from the first worker that answers 200 or 404 (with the
+    configured WEB_AUTH_TOKEN, if any)."""
     last: tuple[int, object] = (0, {"error": "no web URL"})
     for base in fl.split_urls(web_url):
-        status, body = fl.get_json(f"{base}/report/{batch_id}/")
+        status, body = fl.get_json(f"{base}/report/{batch_id}/", token=settings.web_auth_token)
         if status in (200, 404):
             return status, body
         last = (status, body)

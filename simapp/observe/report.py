@@ -500,9 +500,12 @@ def report_view(
     progress: Mapping[str, Any] | None = None,
     *,
     budget: tuple[float, str] | None = None,
+    names: bool = True,
 ) -> dict[str, Any]:
     """What the views, the webhook and the CLI show of a report row (with the batch's
-    progress view beside it)."""
+    progress view beside it). `names=False` puts labels (persona 1, criterion 1, ...) in
+    place of the personas' names and the criteria's text, which the events wrote: what a
+    worker without WEB_AUTH_TOKEN serves (README, Monitoring)."""
     judged, passed, errors = (list(report.get("judge") or [0, 0, 0]) + [0, 0, 0])[:3]
     n = int(report.get("simulations") or 0)
     failing = list(report.get("failing") or [])
@@ -537,7 +540,28 @@ def report_view(
     }
     if progress is not None:
         view["progress"] = dict(progress)
+    if not names:
+        hide_names(view)
     return view
+
+
+def hide_names(view: dict[str, Any]) -> None:
+    """Labels in place of the events' texts: persona names and criteria, in the groups and in
+    the failing simulations' entries (the same label for the same name)."""
+    personas: dict[str, str] = {}
+    for i, row in enumerate(view["personas"], 1):
+        if not row["other"]:
+            personas[row["name"]] = row["name"] = f"persona {i}"
+    criteria: dict[str, str] = {}
+    for i, row in enumerate(view["criteria"], 1):
+        if not row["other"]:
+            criteria[row["criterion"][:60]] = row["criterion"] = f"criterion {i}"
+    for entry in view["failing"]:
+        if "persona" in entry:
+            entry["persona"] = personas.get(entry["persona"], "persona (other)")
+        if "criteria" in entry:
+            entry["criteria"] = [criteria.get(c, "criterion (other)") for c in entry["criteria"]]
+    view["names_hidden"] = True
 
 
 def _criteria_rows(group: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -4,7 +4,11 @@
 - `GET /progress/{batch_id}/`   one batch, from the worker that owns it (answered by any worker).
 - `GET /progress/`              every batch of every worker, merged.
 - `GET /progress/_local/`       the batches this worker owns (what `/progress/` gathers).
-- `GET /`                       simapp/web/static/index.html, which polls `/progress/`.
+- `GET /report/{batch_id}/`     a batch's report (simapp/observe/report.py), from its owner.
+- `GET /report/{batch_id}/transcript/{simulation_id}/`  a failing simulation's summary, read
+                                back from the results topic; only with WEB_AUTH_TOKEN set.
+- `GET /`                       simapp/web/static/index.html (with report.js), which polls
+                                `/progress/` and, for an open batch, `/report/{batch_id}/`.
 
 Ownership. A batch's row lives on the worker that owns its partition of the progress
 changelog (tables/progress.py). The partition is murmur2(batch id) modulo the partition count,
@@ -26,7 +30,10 @@ batch id: ids must start with a letter or digit (simapp/simulation/schemas.py).
 
 Nothing else is served (simapp/worker/webserver.py keeps Faust's own views out). With
 WEB_AUTH_TOKEN set every view but the page asks for `Authorization: Bearer <token>`, and the
-requests to other workers carry it. No view returns a prompt, persona, intent or turn.
+requests to other workers carry it. Without a token no view returns a prompt, persona, intent
+or turn: the report names personas and criteria by labels ("persona 1"), and the transcript
+view answers 403. With a token (so a request that reached a view carried it) the report has
+the names, and the transcript view serves the turns and the judge's reasoning.
 """
 
 from __future__ import annotations
@@ -46,20 +53,35 @@ from yarl import URL
 from simapp.observe import metrics
 from simapp.observe.follow import auth_headers
 from simapp.observe.progress import merge_views, view
+from simapp.observe.report import budget_of, new_report, report_view
 from simapp.tables.progress import (
     active_partitions,
     batches,
     changelog_topic_name,
     local_rows,
+    members_owning,
     progress_table,
 )
+from simapp.tables.reports import report_row
 from simapp.worker.application import app, settings
+from simapp.worker.transcripts import read_summary
 
 log = logging.getLogger(__name__)
 
 HOP_HEADER = "X-Simapp-Routed"
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=3.0)
-INDEX_HTML = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
+STATIC = Path(__file__).parent / "static"
+REPORT_JS = (STATIC / "report.js").read_text(encoding="utf-8")
+# one static page (one route): the report's script goes where the page marks its place
+INDEX_HTML = (
+    (STATIC / "index.html")
+    .read_text(encoding="utf-8")
+    .replace("<!-- report.js -->", f"<script>\n{REPORT_JS}</script>", 1)
+)
+TRANSCRIPTS_REFUSED = (
+    "transcripts hold prompts and turns: this worker serves them only with WEB_AUTH_TOKEN set "
+    "(and the request carrying it); README, Monitoring"
+)
 
 
 @app.page("/metrics")
@@ -213,35 +235,95 @@ async def progress_list(web: Any, request: Any) -> Any:
 
 
 def _local_batch(web: Any, batch_id: str) -> Any:
-    busy = _busy()
-    if busy:
-        return _unavailable(web, busy)
-    if batch_partition(batch_id) not in active_partitions():
-        return _unavailable(web, "not the owner of this batch (partitions are moving)")
-    row = progress_table.get(batch_id)
+    row, refused = _owned_row(web, batch_id)
     if row is None:
-        return web.json(
-            {"error": "unknown batch", "batch_id": batch_id, "worker": str(app.conf.canonical_url)},
-            status=404,
-        )
+        return refused
     return web.json({**view(row), "worker": str(app.conf.canonical_url)})
 
 
 @app.page("/progress/{batch_id}/")
 async def progress_batch(web: Any, request: Any, batch_id: str) -> Any:
+    async def local() -> Any:
+        return _local_batch(web, batch_id)
+
+    return await _at_owner(web, request, batch_id, ("progress", batch_id), local)
+
+
+async def _at_owner(
+    web: Any, request: Any, batch_id: str, path: tuple[str, ...], local: Any
+) -> Any:
+    """The answer of the batch's owner: `local()` here, or the request forwarded once."""
     if request.headers.get(HOP_HEADER):
-        return _local_batch(web, batch_id)  # forwarded once already: answer or refuse
+        return await local()  # forwarded once already: answer or refuse
     owner = owner_of(batch_id)
     if owner is None:
         return _unavailable(web, "no owner known for this batch yet")
     if _ident(owner) == _me():
-        return _local_batch(web, batch_id)
-    url = str(URL(owner) / "progress" / batch_id) + "/"
+        return await local()
+    url = str(URL(owner).joinpath(*path)) + "/"
     try:
         status, body = await _fetch_json(url, headers={HOP_HEADER: "1"})
     except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
         return _unavailable(web, f"owner {owner} did not answer: {type(exc).__name__}")
     return web.json(body, status=status)
+
+
+def _owned_row(web: Any, batch_id: str) -> tuple[dict | None, Any]:
+    """(the batch's progress row, None), or (None, the answer saying why not)."""
+    busy = _busy()
+    if busy:
+        return None, _unavailable(web, busy)
+    if batch_partition(batch_id) not in active_partitions():
+        return None, _unavailable(web, "not the owner of this batch (partitions are moving)")
+    row = progress_table.get(batch_id)
+    if not isinstance(row, dict):
+        me = str(app.conf.canonical_url)
+        return None, web.json(
+            {"error": "unknown batch", "batch_id": batch_id, "worker": me}, status=404
+        )
+    return row, None
+
+
+@app.page("/report/{batch_id}/")
+async def report_batch(web: Any, request: Any, batch_id: str) -> Any:
+    async def local() -> Any:
+        row, refused = _owned_row(web, batch_id)
+        if row is None:
+            return refused
+        report = report_row(batch_id) or new_report(batch_id)
+        budget = budget_of(
+            settings.llm_global_rate_limit_rps, settings.llm_rate_limit_rps, members_owning()
+        )
+        names = settings.web_auth_token is not None  # the request carried the token
+        body = report_view(report, view(row), budget=budget, names=names)
+        return web.json({**body, "worker": str(app.conf.canonical_url)})
+
+    return await _at_owner(web, request, batch_id, ("report", batch_id), local)
+
+
+@app.page("/report/{batch_id}/transcript/{simulation_id}/")
+async def report_transcript(web: Any, request: Any, batch_id: str, simulation_id: str) -> Any:
+    if settings.web_auth_token is None:
+        return web.json({"error": TRANSCRIPTS_REFUSED}, status=403)
+
+    async def local() -> Any:
+        row, refused = _owned_row(web, batch_id)
+        if row is None:
+            return refused
+        report = report_row(batch_id) or {}
+        entry = next((f for f in report.get("failing") or [] if f.get("id") == simulation_id), None)
+        if entry is None or not entry.get("ref"):
+            error = "not among the failing simulations this batch's report keeps with a summary"
+            return web.json({"error": error, "simulation_id": simulation_id}, status=404)
+        partition, offset = entry["ref"]
+        found = await read_summary(settings, partition, offset, simulation_id)
+        if found is None:
+            error = f"its summary is no longer on {settings.results_topic} (the topic's retention)"
+            return web.json({"error": error, "simulation_id": simulation_id}, status=410)
+        return web.json({"batch_id": batch_id, "simulation_id": simulation_id, **found})
+
+    path = ("report", batch_id, "transcript", simulation_id)
+    return await _at_owner(web, request, batch_id, path, local)
 
 
 @app.page("/")
