@@ -159,6 +159,10 @@ def test_make_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "RESULT: OK, every event delivered" in proc.stdout
     assert "missing: 0" in proc.stdout.replace("  ", "")
+    # it ends with the batch report a user gets, from a worker, with the personas' names
+    assert "the batch report (faust -A simapp report batch-" in proc.stdout
+    assert "12/12 finished" in proc.stdout and "judge:" in proc.stdout
+    assert "by persona:" in proc.stdout and "persona 1" not in proc.stdout
 
 
 def test_make_loadtest_without_a_broker(tmp_path: Path) -> None:

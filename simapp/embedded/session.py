@@ -25,7 +25,7 @@ from simapp.embedded.catalogue import make_events
 from simapp.embedded.stack import PLAINTEXT_KAFKA, EmbeddedStack, http_json, http_text
 from simapp.kafka.admin import ensure_topics
 from simapp.kafka.producer import all_topic_names, encode_event, produce
-from simapp.observe.follow import bar, print_rows
+from simapp.observe.follow import auth_headers, bar, print_rows
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
@@ -72,6 +72,8 @@ class EmbeddedSession:
             endpoint=endpoint,
         )
         self.worker_settings = dict(worker_settings or {})
+        # the workers' WEB_AUTH_TOKEN, if the session gives them one, for its own requests
+        self.web_headers = auth_headers(self.worker_settings.get("web_auth_token"))
         self.dead_before: Counter = Counter()  # dead letters counted before the burst
 
     # ----- lifecycle --------------------------------------------------------------------
@@ -137,7 +139,9 @@ class EmbeddedSession:
 
     def owned_partitions(self, worker: Any) -> list[int]:
         """The progress partitions a worker owns now (its /progress/_local/ answer)."""
-        answer = http_json(f"{self.worker_url(worker)}/progress/_local/", timeout=3)
+        answer = http_json(
+            f"{self.worker_url(worker)}/progress/_local/", timeout=3, headers=self.web_headers
+        )
         return sorted(answer["partitions"])
 
     # ----- a burst ----------------------------------------------------------------------
@@ -165,7 +169,7 @@ class EmbeddedSession:
             if not worker.alive():
                 continue
             try:
-                text = http_text(f"{self.worker_url(worker)}/metrics")
+                text = http_text(f"{self.worker_url(worker)}/metrics", headers=self.web_headers)
             except OSError:
                 continue
             for key, value in parse_prometheus(text).items():

@@ -31,17 +31,22 @@ PLAINTEXT_KAFKA = {
 }
 
 
-def http_json(url: str, data: dict | None = None, timeout: float = 10.0) -> Any:
+def http_json(
+    url: str, data: dict | None = None, timeout: float = 10.0, headers: dict | None = None
+) -> Any:
     """Tiny blocking JSON client for the driver side (never used inside a worker loop)."""
     body = json.dumps(data).encode() if data is not None else None
-    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    req = urllib.request.Request(
+        url, data=body, method="POST" if body is not None else "GET", headers=headers or {}
+    )
     req.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
         return json.loads(resp.read() or b"null")
 
 
-def http_text(url: str, timeout: float = 10.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+def http_text(url: str, timeout: float = 10.0, headers: dict | None = None) -> str:
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
         return resp.read().decode()
 
 
