@@ -197,11 +197,7 @@ async def refresh_progress_gauges() -> None:
         metrics.total_simulations.labels(batch_id).set(v["total"])
         metrics.remaining_simulations.labels(batch_id).set(v["remaining"])
         shown.add(batch_id)
-    for batch in list(_gauged - shown):
-        for gauge in (metrics.total_simulations, metrics.remaining_simulations):
-            try:
-                gauge.remove(batch)
-            except KeyError:
-                pass
+    for batch in _gauged - shown:
+        metrics.forget_batch(batch)
     _gauged.clear()
     _gauged.update(shown)

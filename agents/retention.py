@@ -42,6 +42,7 @@ def _progress_expired(batch_id: Any, row: Any) -> bool:
         return True
     if batch_expired(row, time.time(), settings.batch_retention):
         batches.forget(str(batch_id))
+        metrics.forget_batch(str(batch_id))  # its series leave /metrics with its row
         return True
     batches.note(row)
     return False

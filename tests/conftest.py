@@ -86,7 +86,9 @@ class WorkerFactory:
         for worker in self.started:
             worker.signal(15)
         for worker in self.started:
-            worker.stop(timeout=45)
+            # the test is over: a worker still waiting out its shutdown grace (conversations
+            # held by a dead provider) is killed after a few seconds, not waited for
+            worker.stop(timeout=5)
         self.stack.workers = [w for w in self.stack.workers if w not in self.started]
 
 

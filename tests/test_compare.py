@@ -4,7 +4,9 @@ compare` / `submit --repeats` run as a user types them.
 
 The endpoint's replies carry a tag, and the mock judge fails the "(strict)" criterion on 80 %
 of tagged transcripts: against the endpoint that criterion drops with an interval below 0 and
-the regressions are listed; two runs against the same backend are "no change".
+the regressions are listed; two runs against the same backend are "no change". The page's
+comparison (`/compare/{a}/{b}/`, picked in the list view in a real Chromium) shows the same
+numbers, and only to a request with the worker's token.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ from pathlib import Path
 import pytest
 
 from simapp.embedded.stack import EmbeddedStack, http_json
+from simapp.observe import follow as fl
 from tests.conftest import ENDPOINT
 from tests.helpers import events_for, send_events, wait_until
 from tests.test_readme_commands import VENV_BIN, user_env
+from tests.test_report_page import Browser
+from tests.tools import require_tool
 
 pytestmark = pytest.mark.slow
 
 STRICT = "The assistant answered the question (strict)"
 POLITE = "The assistant stayed polite"
+TOKEN = "compare-page-token-9d8c7b6a5f4e3d2c1b0a99887766554433"
 
 
 def delivered(stack: EmbeddedStack, ids: set[str]) -> set[str]:
@@ -60,7 +66,7 @@ def test_compare_reports_a_criterion_drop_and_no_change(stack, ns, workers, tmp_
         f"{stack.mock_url}/admin/config",
         {"judge_strict_tag": "[v2]", "judge_strict_fail_rate": 0.8},
     )
-    workers.start()
+    worker = workers.start(web_auth_token=TOKEN)
     scenarios = events_for(stack, 40, max_iterations=2, seed=51)
     a, b, c = (f"cmp{x}-{ns.tag}" for x in "abc")
     events = batch(scenarios, a, False) + batch(scenarios, b, True) + batch(scenarios, c, False)
@@ -84,6 +90,47 @@ def test_compare_reports_a_criterion_drop_and_no_change(stack, ns, workers, tmp_
     assert same.returncode == 0, same.stdout[-2000:] + same.stderr[-2000:]
     assert "overall pass rate" in same.stdout and "no change" in same.stdout
     assert faust(stack, ns, tmp_path, "compare", a, "no-such-batch").returncode == 2
+
+    # the page's view: the CLI's numbers (same seed), only with the token, ids checked
+    base = f"http://127.0.0.1:{worker.port}"
+    assert fl.get_json(f"{base}/compare/{a}/{b}/", token=TOKEN, timeout=90) == (200, result)
+    assert fl.get_json(f"{base}/compare/{a}/{b}/")[0] == 401
+    for hostile in ("bad%20id", "-dash", "x" * 129, "%3Cscript%3E"):
+        assert fl.get_json(f"{base}/compare/{a}/{hostile}/", token=TOKEN)[0] == 400, hostile
+    status, missing = fl.get_json(f"{base}/compare/{a}/no-such-batch/", token=TOKEN)
+    assert status == 404 and missing["batch_ids"] == ["no-such-batch"]
+
+    chromium, chromedriver = require_tool("chromium"), require_tool("chromedriver")
+    driver = Browser(chromedriver, chromium, tmp_path / "profile")
+    try:
+        driver.size(1100, 2400)
+        driver.open(base + "/")
+        driver.wait("return !document.getElementById('auth').hidden")
+        driver.type("#token", TOKEN)
+        driver.click("#auth button")
+        choices = "Array.from(document.getElementById('compare-candidate').options)"
+        driver.wait(f"return {choices}.length >= 3")
+        driver.js(f"document.getElementById('compare-baseline').value = {a!r}")
+        driver.js(f"document.getElementById('compare-candidate').value = {b!r}")
+        driver.click("#compare-form button")
+        driver.wait("return document.querySelector('#compare .c-body') !== null", 90)
+        rates = driver.js(
+            "return Array.from(document.querySelectorAll('#c-rates tr[data-name]'))"
+            ".map((tr) => Object.assign({}, tr.dataset))"
+        )
+        calls = {r["name"]: r["call"] for r in rates}
+        assert calls == {
+            "overall": result["overall"]["call"],
+            STRICT: "worse",
+            POLITE: "no change",
+        }, calls
+        shown = driver.js(
+            "return document.querySelectorAll('#c-regressions tr[data-scenario]').length"
+        )
+        assert shown == min(50, len(result["regressions"]))
+        assert driver.js("return document.getElementById('list-view').hidden") is True
+    finally:
+        driver.quit()
 
 
 def test_repeats_give_pass_at_k_flaky_scenarios_and_judge_agreement(stack, ns, workers, tmp_path):

@@ -29,6 +29,7 @@ def test_a_minute_of_503s_mid_burst_loses_nothing_and_holds_no_conversation(
     send_events(stack, ns, first)
     assert wait_until(lambda: len(delivered(stack, ids)) >= 10, 120)
 
+    refused_before = refused_posts(stack)  # the sink is shared by the session's tests
     http_json(f"{stack.sink_url}/admin/config", {"down": True, "down_status": 503})
     down_at = time.monotonic()
     calls_at_down = llm_calls(stack)
@@ -41,7 +42,7 @@ def test_a_minute_of_503s_mid_burst_loses_nothing_and_holds_no_conversation(
     assert waiting and sum(waiting.values()) > 0, waiting  # shown while the receiver is down
     time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
     calls_in_outage = llm_calls(stack) - calls_at_down
-    refused = http_json(f"{stack.sink_url}/received?limit=0")["responses_by_status"].get("503", 0)
+    refused = refused_posts(stack) - refused_before
     http_json(f"{stack.sink_url}/admin/config", {"down": False})
 
     assert wait_until(lambda: {i["simulation_id"] for i in delivered(stack, ids)} == ids, 120)
@@ -53,6 +54,11 @@ def test_a_minute_of_503s_mid_burst_loses_nothing_and_holds_no_conversation(
 
 def delivered(stack, ids: set[str]) -> list[dict]:
     return [i for i in stack.sink_items() if i["simulation_id"] in ids]
+
+
+def refused_posts(stack) -> int:
+    stats = http_json(f"{stack.sink_url}/received?limit=0")
+    return int(stats["responses_by_status"].get("503", 0))
 
 
 def llm_calls(stack) -> int:

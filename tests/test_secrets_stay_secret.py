@@ -9,8 +9,8 @@ topics, the summaries delivered, or what `faust -A simapp dlq list` and `progres
 all of them in the environment. The prompts (persona, intent, replies) are in the summaries
 and the results topic, for whom the summary is for, and nowhere else: not in the log, the
 metrics, the progress views or the progress topic (which holds the judge's criteria and the
-personas' names for the batch report, not the conversation). KAFKA_SASL_PASSWORD: a worker refused by the
-broker does not log it (tests/test_kafka_security.py).
+personas' names for the batch report, not the conversation). KAFKA_SASL_PASSWORD: a worker
+refused by the broker does not log it (tests/test_kafka_security.py).
 """
 
 from __future__ import annotations

@@ -133,7 +133,10 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
 def our_paths(batch_id: str, simulation_id: str = "s-0") -> list[str]:
     """The README's routes with their parameters filled in."""
     return sorted(
-        p.replace("{batch_id}", batch_id).replace("{simulation_id}", simulation_id)
+        p.replace("{batch_id}", batch_id)
+        .replace("{simulation_id}", simulation_id)
+        .replace("{baseline}", batch_id)  # a batch compared with itself
+        .replace("{candidate}", batch_id)
         for p in readme_routes()
     )
 
@@ -141,9 +144,11 @@ def our_paths(batch_id: str, simulation_id: str = "s-0") -> list[str]:
 def answers(path: str, token: bool) -> int:
     """What one of our routes answers a request allowed to reach it: a transcript is served
     only by a worker with a token (403 without), and only for a failing simulation (the
-    tests' simulations complete: 404)."""
+    tests' simulations complete: 404); a comparison too, only by a worker with a token."""
     if "/transcript/" in path:
         return 404 if token else 403
+    if path.startswith("/compare/"):  # the judge's reasoning: only with a token
+        return 200 if token else 403
     return 200
 
 

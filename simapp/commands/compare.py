@@ -18,42 +18,11 @@ from typing import Any
 from faust.cli import AppCommand, argument, option
 
 from simapp.commands.base import SimappCommand
-from simapp.config import Settings
-from simapp.kafka.reader import TopicReader
-from simapp.observe.comparison import BOOTSTRAP, WORSE, Scenario
-from simapp.observe.comparison import compare as compare_scenarios
+from simapp.observe.comparison import BOOTSTRAP, WORSE
 from simapp.worker.application import app, settings
+from simapp.worker.comparisons import NoSummaries, compare_batches
 
 SHOWN = 20  # rows of each list the text output shows (--format json has all)
-
-
-async def read_batches(s: Settings, batch_ids: list[str]) -> dict[str, dict[str, Scenario]]:
-    """batch id -> scenario id -> Scenario, from the results topic (each simulation once)."""
-    out: dict[str, dict[str, Scenario]] = {b: {} for b in batch_ids}
-    needles = {b: f'"batch_id":"{b}"'.encode() for b in batch_ids}
-    seen: set[str] = set()
-    async with TopicReader(s) as reader:
-        await reader.from_start(s.results_topic)
-        async for record in reader.records():
-            value = record.value or b""
-            batch = next((b for b, n in needles.items() if n in value), None)
-            if batch is None:
-                continue
-            try:
-                data = json.loads(value)
-            except ValueError:
-                continue
-            summary = data.get("summary") if isinstance(data, dict) else None
-            if not isinstance(summary, dict) or data.get("batch_id") != batch:
-                continue
-            sim = str(summary.get("simulation_id"))
-            if sim in seen:  # a summary written twice (a crash between two writes)
-                continue
-            seen.add(sim)
-            facts = data.get("facts") or {}
-            scenario = str(summary.get("scenario_id") or facts.get("scenario_id") or sim)
-            out[batch].setdefault(scenario, Scenario()).add(summary, facts.get("persona"))
-    return out
 
 
 def _pct(value: float | None) -> str:
@@ -143,15 +112,13 @@ async def compare(
     if fmt not in ("text", "json") or resamples < 100:
         print("--format must be text or json, --resamples at least 100", file=sys.stderr)
         return 2
-    batches = await read_batches(settings, [baseline, candidate])
-    empty = [b for b, found in batches.items() if not found]
-    if empty:
-        print(f"no summaries of {', '.join(empty)} on {settings.results_topic}", file=sys.stderr)
+    try:
+        result = await compare_batches(
+            settings, baseline, candidate, seed=seed, resamples=resamples
+        )
+    except NoSummaries as missing:
+        print(missing, file=sys.stderr)
         return 2
-    result = compare_scenarios(
-        batches[baseline], batches[candidate], resamples=resamples, seed=seed
-    )
-    result.update(baseline=baseline, candidate=candidate, seed=seed, resamples=resamples)
     if fmt == "json":
         print(json.dumps(result, indent=2))
     else:

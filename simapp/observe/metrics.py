@@ -213,6 +213,15 @@ class LLMMetrics:
         circuit_breaker_state.labels(backend).set(_BREAKER_STATES.get(state, 0))
 
 
+def forget_batch(batch_id: str) -> None:
+    """Drop a batch's series (its row expired): at once, not at the next gauge refresh."""
+    for gauge in (total_simulations, remaining_simulations):
+        try:
+            gauge.remove(batch_id)
+        except KeyError:
+            pass
+
+
 def conversation_slots(slots: Any) -> None:
     """Export a ConversationSlots' state, read when /metrics is scraped (no cost per call)."""
     conversations_target.set_function(lambda: slots.target)

@@ -7,6 +7,9 @@
 - `GET /report/{batch_id}/`     a batch's report (simapp/observe/report.py), from its owner.
 - `GET /report/{batch_id}/transcript/{simulation_id}/`  a failing simulation's summary, read
                                 back from the results topic; only with WEB_AUTH_TOKEN set.
+- `GET /compare/{baseline}/{candidate}/`  the comparison of two batches (simapp/worker/
+                                comparisons.py, as `faust -A simapp compare --format json`);
+                                only with WEB_AUTH_TOKEN set, one at a time per worker.
 - `GET /`                       simapp/web/static/index.html (with report.js), which polls
                                 `/progress/` and, for an open batch, `/report/{batch_id}/`.
 
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -64,6 +68,7 @@ from simapp.tables.progress import (
 )
 from simapp.tables.reports import report_row
 from simapp.worker.application import app, settings
+from simapp.worker.comparisons import NoSummaries, compare_batches
 from simapp.worker.transcripts import read_summary
 
 log = logging.getLogger(__name__)
@@ -71,17 +76,22 @@ log = logging.getLogger(__name__)
 HOP_HEADER = "X-Simapp-Routed"
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=3.0)
 STATIC = Path(__file__).parent / "static"
-REPORT_JS = (STATIC / "report.js").read_text(encoding="utf-8")
-# one static page (one route): the report's script goes where the page marks its place
-INDEX_HTML = (
-    (STATIC / "index.html")
-    .read_text(encoding="utf-8")
-    .replace("<!-- report.js -->", f"<script>\n{REPORT_JS}</script>", 1)
-)
+# one static page (one route): each script goes where the page marks its place
+INDEX_HTML = (STATIC / "index.html").read_text(encoding="utf-8")
+for _script in ("report.js", "compare.js"):
+    _code = (STATIC / _script).read_text(encoding="utf-8")
+    INDEX_HTML = INDEX_HTML.replace(f"<!-- {_script} -->", f"<script>\n{_code}</script>", 1)
 TRANSCRIPTS_REFUSED = (
     "transcripts hold prompts and turns: this worker serves them only with WEB_AUTH_TOKEN set "
     "(and the request carrying it); README, Monitoring"
 )
+COMPARISONS_REFUSED = (
+    "comparisons hold the judge's reasoning and the criteria: this worker serves them only "
+    "with WEB_AUTH_TOKEN set (and the request carrying it); README, Monitoring"
+)
+BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")  # an event's batch_id
+COMPARE_TIMEOUT = 60.0  # seconds to read both batches from the results topic
+_comparing = asyncio.Lock()  # a comparison reads the whole results topic: one at a time
 
 
 @app.page("/metrics")
@@ -324,6 +334,32 @@ async def report_transcript(web: Any, request: Any, batch_id: str, simulation_id
 
     path = ("report", batch_id, "transcript", simulation_id)
     return await _at_owner(web, request, batch_id, path, local)
+
+
+@app.page("/compare/{baseline}/{candidate}/")
+async def compare_view(web: Any, request: Any, baseline: str, candidate: str) -> Any:
+    """Any worker answers: the results topic is the whole cluster's."""
+    if settings.web_auth_token is None:
+        return web.json({"error": COMPARISONS_REFUSED}, status=403)
+    bad = [b for b in (baseline, candidate) if not BATCH_ID.match(b)]
+    if bad:
+        return web.json({"error": "not a batch id", "batch_ids": bad}, status=400)
+    if _comparing.locked():
+        return web.json(
+            {"error": "a comparison is running on this worker; retry"},
+            status=429,
+            headers={"Retry-After": "5"},
+        )
+    async with _comparing:
+        try:
+            async with asyncio.timeout(COMPARE_TIMEOUT):
+                result = await compare_batches(settings, baseline, candidate)
+        except NoSummaries as missing:
+            return web.json({"error": str(missing), "batch_ids": missing.batch_ids}, status=404)
+        except TimeoutError:
+            error = f"the results topic was not read within {COMPARE_TIMEOUT:g} s"
+            return web.json({"error": error}, status=504)
+    return web.json(result)
 
 
 @app.page("/")

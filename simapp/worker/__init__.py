@@ -3,7 +3,8 @@
 application (the app, its Faust settings, the topics), webserver (the web server: simapp's
 views only, the access token), parts (the rate limits, LLM backends and pipeline built from
 the settings), transcripts (one summary read back from the results topic, for the report's
-transcript view), console (JSON logs from the first line), testhooks.
+transcript view), comparisons (two batches read back and compared, for `compare` and the
+page), console (JSON logs from the first line), testhooks.
 May import every runtime folder below it (config, observe, limits, outbound, kafka, llm,
 delivery, simulation); never agents, tables, web, commands, embedded or lab.
 """

@@ -338,7 +338,8 @@
   function route() {
     const m = /^#report=(.+)$/.exec(location.hash);
     const id = m ? decodeURIComponent(m[1]) : null;
-    document.getElementById("list-view").hidden = id !== null;
+    const other = location.hash.startsWith("#compare=");  // compare.js's view
+    document.getElementById("list-view").hidden = id !== null || other;
     const box = document.getElementById("report-view");
     box.hidden = id === null;
     if (id === shown) return;
