@@ -34,6 +34,7 @@ from simapp.worker.retention import TableSweeper
 log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 1.0
+MAX_REST_SECONDS = 60.0  # the longest pause between two full passes of a table
 N = settings.kafka_partitions
 
 
@@ -69,14 +70,30 @@ def _batch_partition(key: Any) -> int:
 
 
 per_tick = max(1, int(settings.retention_sweep_rows * SWEEP_SECONDS))
+# a pass every tenth of the retention period, at most every minute: a row outlives its
+# retention by at most that pause and one pass
+batch_rest = min(MAX_REST_SECONDS, settings.batch_retention / 10)
+simulation_rest = min(MAX_REST_SECONDS, settings.simulation_retention / 10)
 sweepers = {
-    "progress": TableSweeper(progress_table, _progress_expired, _batch_partition, per_tick),
-    "progress-seen": TableSweeper(progress_seen_table, _seen_expired, _batch_partition, per_tick),
-    "reports": TableSweeper(reports_table, _report_expired, _batch_partition, per_tick),
+    "progress": TableSweeper(
+        progress_table, _progress_expired, _batch_partition, per_tick, rest=batch_rest
+    ),
+    "progress-seen": TableSweeper(
+        progress_seen_table, _seen_expired, _batch_partition, per_tick, rest=batch_rest
+    ),
+    "reports": TableSweeper(
+        reports_table, _report_expired, _batch_partition, per_tick, rest=batch_rest
+    ),
     # a global table: every worker holds it, the batch's owner deletes (tombstones reach all)
-    "batch-stops": TableSweeper(batch_stops, _report_expired, _batch_partition, per_tick),
+    "batch-stops": TableSweeper(
+        batch_stops, _report_expired, _batch_partition, per_tick, rest=batch_rest
+    ),
     "simulations": TableSweeper(
-        simulations, _simulation_expired, lambda key: key_partition(str(key), N), per_tick
+        simulations,
+        _simulation_expired,
+        lambda key: key_partition(str(key), N),
+        per_tick,
+        rest=simulation_rest,
     ),
 }
 metrics.table_rows_source(sweepers)

@@ -1,7 +1,7 @@
 """The worker's one aiohttp session for LLM traffic, with the rate budgets' send gate.
 
 LLM_CONNECTION_POOL_SIZE sockets, and a trace hook that holds each request's bytes until the
-send rules of its budgets allow one more write (`ratelimit.send_gate`): aiohttp awaits
+send rules of its budgets allow one more write (`simapp.limits.budgets.send_gate`): aiohttp awaits
 `on_request_chunk_sent` right before it writes a chunk (the buffered headers go with the first)
 and writes in the same loop step once we return, so the gate's times are the write times.
 A body written in several chunks is gated per chunk, which can only send fewer requests.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,15 +39,19 @@ class TableSweeper:
     expired: Expired
     partition_of: Callable[[Any], int]
     per_tick: int = 500
+    # seconds between full passes: a pass finds only what expired since the last one, and
+    # walking the rows without a pause cost a fifth of a busy worker's CPU (docs/benchmarks.md)
+    rest: float = 0.0
     rows_seen: dict[int, int] = field(default_factory=dict)  # partition -> rows this pass
     rows: int | None = None  # rows in the table at the end of the last full pass
     deleted: int = 0
     _partition: int | None = None
     _cursor: bytes | None = None  # the next key to look at in _partition
+    _rest_until: float = 0.0  # time.monotonic() before which the next pass does not start
 
     def sweep(self, partitions: list[int]) -> int:
         """Look at up to `per_tick` rows of the owned `partitions`; the rows deleted."""
-        if not partitions:
+        if not partitions or time.monotonic() < self._rest_until:
             return 0
         if self._partition not in partitions:
             self._partition, self._cursor = min(partitions), None
@@ -63,6 +68,8 @@ class TableSweeper:
                 self._cursor = cursor
                 break
             self._next_partition(partitions)
+            if self._rest_until > time.monotonic():
+                break  # a full pass ended: rest
         self.deleted += deleted
         return deleted
 
@@ -74,6 +81,7 @@ class TableSweeper:
             return
         self.rows = sum(self.rows_seen.get(p, 0) for p in partitions)  # a full pass
         self.rows_seen.clear()
+        self._rest_until = time.monotonic() + self.rest
         self._partition, self._cursor = min(partitions), None
 
     def _sweep_partition(self, partition: int, budget: int) -> tuple[int, int, bytes | None]:
