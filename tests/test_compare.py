@@ -104,10 +104,7 @@ def test_compare_reports_a_criterion_drop_and_no_change(stack, ns, workers, tmp_
     driver = Browser(chromedriver, chromium, tmp_path / "profile")
     try:
         driver.size(1100, 2400)
-        driver.open(base + "/")
-        driver.wait("return !document.getElementById('auth').hidden")
-        driver.type("#token", TOKEN)
-        driver.click("#auth button")
+        driver.sign_in(base + "/", TOKEN)
         choices = "Array.from(document.getElementById('compare-candidate').options)"
         driver.wait(f"return {choices}.length >= 3")
         driver.js(f"document.getElementById('compare-baseline').value = {a!r}")

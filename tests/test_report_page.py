@@ -45,6 +45,13 @@ class Browser(WebDriver):
     def size(self, width: int, height: int) -> None:
         self.call("POST", self.session + "/window/rect", {"width": width, "height": height})
 
+    def sign_in(self, url: str, token: str) -> None:
+        """Open the page at `url` and give it the token it asks for."""
+        self.open(url)
+        self.wait("return !document.getElementById('auth').hidden")
+        self.type("#token", token)
+        self.click("#auth button")
+
 
 def burst(stack: EmbeddedStack, ns: Namespace, n: int) -> tuple[str, list[dict]]:
     batch_id = f"page-{ns.tag}"
@@ -98,10 +105,7 @@ def test_the_report_page_against_the_sink_with_charts_and_a_transcript(
     driver = Browser(chromedriver, chromium, tmp_path / "profile")
     try:
         driver.size(1100, 3000)
-        driver.open(base + "/")
-        driver.wait("return !document.getElementById('auth').hidden")
-        driver.type("#token", TOKEN)
-        driver.click("#auth button")
+        driver.sign_in(base + "/", TOKEN)
         driver.wait(f"return document.getElementById('batch-{batch_id}')?.dataset.completed")
         driver.screenshot(ARTIFACTS / "1-batches.png")
         driver.click(f"#batch-{batch_id} .report-link")  # one click: the batch's report
