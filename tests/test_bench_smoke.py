@@ -1,5 +1,6 @@
-"""`make bench` and `make chaos` end to end at a tiny size, as the README shows them: they
-run, account for every event and write the JSON result with every key the docs use."""
+"""`make bench`, `make chaos` and `make soak` end to end at a tiny size, as the README shows
+them: they run, account for every event and write the JSON result with every key the docs
+use."""
 
 from __future__ import annotations
 
@@ -98,3 +99,21 @@ def test_chaos_smoke(tmp_path: Path) -> None:
     for done in ("SIGKILL worker-0", "worker-0 restarted", "SIGTERM worker-1",
                  "worker-1 restarted", "joins", "receiver down", "receiver up"):  # fmt: skip
         assert done in faults, result["faults"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_soak_smoke(tmp_path: Path) -> None:
+    """`make soak` at a tiny size: every batch measured, the worker restarted and timed, the
+    verdict written (3 batches are too few for it to mean anything, so its exit is not read)."""
+    out = tmp_path / "soak.json"
+    args = f"--batches 3 --count 20 --retention 2 --restart-every 2 --out {out}"
+    cmd = ["make", "soak", f"ARGS={args}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=280, check=False)
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [r["batch"] for r in result["rows"]] == [1, 2, 3]
+    for row in result["rows"]:
+        assert row["rss_mb"] > 0 and row["metrics_kb"] > 0 and "simulation_rows" in row, row
+    assert result["rows"][1]["restart_s"] > 0  # batch 2: restarted and recovered
+    assert set(result["verdict"]) >= {"rss_mb", "metrics_kb", "simulation_rows"}

@@ -8,40 +8,11 @@
   const SHOWN = 50;  // rows of each list (the JSON view has all)
   let shown = null;  // "baseline,candidate" on screen
 
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
-  const pct = (r) => (r === null || r === undefined) ? "—" : (100 * r).toFixed(1) + "%";
+  const {el, pct, section, table} = window.simappDom;  // report.js
   const pts = (r) => (r >= 0 ? "+" : "") + (100 * r).toFixed(1);
 
-  function section(title, id) {
-    const s = el("section", "r-section");
-    s.id = id;
-    s.append(el("h3", null, title));
-    return s;
-  }
-
-  // `rows`: [cells, data-* attributes] pairs
-  function table(head, rows) {
-    const t = el("table", "r-table");
-    const hr = el("tr");
-    for (const h of head) hr.append(el("th", null, h));
-    t.append(hr);
-    for (const [cells, attrs] of rows) {
-      const tr = el("tr");
-      for (const [k, v] of Object.entries(attrs || {})) tr.dataset[k] = String(v);
-      for (const c of cells) {
-        const td = el("td");
-        if (c instanceof Node) td.append(c); else td.textContent = c === null ? "—" : String(c);
-        tr.append(td);
-      }
-      t.append(tr);
-    }
-    return t;
-  }
+  // `pairs`: [cells, data-* attributes] per row
+  const pairTable = (head, pairs) => table(head, pairs.map((p) => p[0]), (i) => pairs[i][1]);
 
   function rateRow(name, r) {
     const [low, high] = r.ci95;
@@ -78,17 +49,17 @@
       "paired bootstrap over scenarios (" + r.resamples + " resamples, seed " + r.seed +
       "); an interval that holds 0 is \"no change\"."));
     const rates = section("Pass rates", "c-rates");
-    rates.append(table(["", r.baseline, r.candidate, "difference", "95 % interval", ""],
+    rates.append(pairTable(["", r.baseline, r.candidate, "difference", "95 % interval", ""],
       [rateRow("overall", r.overall),
        ...Object.entries(r.criteria).map(([name, row]) => rateRow(name, row))]));
     const worse = section("Regressions: " + r.regressions.length, "c-regressions");
-    worse.append(table(["scenario", "persona", r.baseline, r.candidate,
+    worse.append(pairTable(["scenario", "persona", r.baseline, r.candidate,
                         "the candidate's failed criteria"], changes(r.regressions)));
     const better = section("Fixes: " + r.fixes.length, "c-fixes");
-    better.append(table(["scenario", "persona", r.baseline, r.candidate,
+    better.append(pairTable(["scenario", "persona", r.baseline, r.candidate,
                          "the baseline's failed criteria"], changes(r.fixes)));
     const side = section("Per scenario (pass rate, cost per run, turns, duration)", "c-side");
-    side.append(table(["scenario", r.baseline, r.candidate],
+    side.append(pairTable(["scenario", r.baseline, r.candidate],
       r.side_by_side.slice(0, SHOWN).map((s) => {
         const one = (x) => pct(x.pass_rate) + " · $" + x.cost_usd + " · " + x.turns +
           " turns · " + x.duration_s + " s";

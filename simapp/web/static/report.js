@@ -53,6 +53,9 @@
     return t;
   }
 
+  // the page's other views build with the same pieces (compare.js)
+  window.simappDom = {el, pct, section, table};
+
   function groupTable(rows, key, label) {
     return table([label, "simulations", "failed", "judged", "pass rate"],
       rows.map((r) => [r.other ? "(other)" : r[key], r.simulations, r.failed, r.judged,
