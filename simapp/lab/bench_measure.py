@@ -8,6 +8,7 @@ between which two readings, can be checked by reading one screen.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import tempfile
@@ -35,6 +36,8 @@ from simapp.lab.machine import (
 )
 from simapp.lab.reference_loops import run_reference
 from simapp.limits.concurrency import REASONS
+
+TIMELINE_GAUGES = ("conversations_target", "conversations_active", "conversations_waiting")
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,9 @@ class Burst:
 
 class SlotSampler(threading.Thread):
     """Reads each worker's conversation slots (/metrics) every `interval` s during the burst:
-    the largest target and number of running conversations, and how often each reason was
-    what limited the pace (simapp/limits/concurrency.py)."""
+    the largest target and number of running conversations, how often each reason was what
+    limited the pace (simapp/limits/concurrency.py), and a timeline of (seconds into the
+    burst, target, running, waiting) per worker, to see where a burst's tail goes."""
 
     def __init__(self, session: EmbeddedSession, interval: float = 2.0) -> None:
         super().__init__(name="slot-sampler", daemon=True)
@@ -100,6 +104,8 @@ class SlotSampler(threading.Thread):
         self.max_target: dict[str, float] = {}
         self.max_active: dict[str, float] = {}
         self.reasons: Counter[str] = Counter()
+        self.timeline: dict[str, list[list[float]]] = {}
+        self.t0 = time.monotonic()
 
     def sample(self) -> None:
         for worker in self.session.stack.workers:
@@ -112,6 +118,10 @@ class SlotSampler(threading.Thread):
             for key, store in (("conversations_target", self.max_target),
                                ("conversations_active", self.max_active)):  # fmt: skip
                 store[name] = max(store.get(name, 0.0), values.get(key, 0.0))
+            self.timeline.setdefault(name, []).append(
+                [round(time.monotonic() - self.t0, 1)]
+                + [values.get(key, -1.0) for key in TIMELINE_GAUGES]
+            )
             for reason in REASONS:
                 if values.get(f'conversations_limited_by{{reason="{reason}"}}') == 1.0:
                     self.reasons[reason] += 1
@@ -127,6 +137,8 @@ class SlotSampler(threading.Thread):
             "max_target": self.max_target,
             "max_active": self.max_active,
             "limited_by_samples": dict(self.reasons),
+            "timeline_columns": ["s", *TIMELINE_GAUGES],
+            "timeline": self.timeline,
         }
 
 
@@ -389,11 +401,31 @@ def measure_burst(
     out["timeouts"] = report["end_reasons"].get("timeout", 0)
     out["conversation_slots"] = burst.slots
     mock = session.mock_stats()
+    out["llm_calls_per_5s"] = calls_per_bin(session, 5.0)
     out["mock_latency_ms"] = mock.get("latency_ms")  # drawn: p50, p99, max
     out["mock_configured_latency_p99_ms"] = mock.get("configured_latency_p99_ms")
     out["worker_log_problems"] = log_problems(session.stack)
     out["cpu_seconds_during_run"] = cpu_during_run(burst)
     return out
+
+
+def calls_per_bin(session: EmbeddedSession, width: float) -> list[int]:
+    """The provider's admitted calls in consecutive `width`-second bins from its first call:
+    where the budget was full and where a burst's start or tail left it idle."""
+    times = http_json_detail(session)
+    if not times:
+        return []
+    first = min(times)
+    bins = [0] * (int((max(times) - first) // width) + 1)
+    for t in times:
+        bins[int((t - first) // width)] += 1
+    return bins
+
+
+def http_json_detail(session: EmbeddedSession) -> list[float]:
+    """The mock's admission times (seconds), as many as it keeps."""
+    stats = json.loads(http_text(f"{session.stack.mock_url}/stats?detail=1", timeout=10))
+    return [float(t) for t in stats.get("admitted_times") or []]
 
 
 def compare_with_references(
