@@ -303,6 +303,17 @@ class Settings(BaseSettings):
         None, description="Faust data directory; unset = faust --datadir, else Faust's default"
     )
     table_store: str = Field("rocksdb://", description="rocksdb:// (durable) or memory://")
+    # A worker opens one RocksDB database per table and partition (5 tables x KAFKA_PARTITIONS);
+    # Faust's defaults (64 MB memtables, 3 of them, a 2 GB block cache, each per database) let
+    # a memtable keep every write and tombstone for weeks before its first flush (issue 19).
+    rocksdb_write_buffer_bytes: int = Field(
+        256 * 1024,
+        ge=64 * 1024,
+        description="memtable size of each RocksDB table partition (at most 2 are kept)",
+    )
+    rocksdb_block_cache_bytes: int = Field(
+        128 * 1024, ge=0, description="block cache of each RocksDB table partition"
+    )
 
     # --- Retention: what a worker forgets (simapp/worker/retention.py) ---
     batch_retention: float = Field(

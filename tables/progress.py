@@ -13,13 +13,14 @@ The seen table is what makes redelivered progress messages harmless (see simapp/
 from __future__ import annotations
 
 from simapp.observe.progress import BatchIndex
-from simapp.worker.application import app, settings
+from simapp.worker.application import app, settings, table_options
 
 progress_table = app.Table(
     "progress",
     default=None,
     key_type=str,
     partitions=settings.kafka_partitions,
+    options=table_options(settings),
     help="Batch progress rows by batch id (see simapp/observe/progress.py)",
 )
 
@@ -28,6 +29,7 @@ progress_seen_table = app.Table(
     default=None,
     key_type=str,
     partitions=settings.kafka_partitions,
+    options=table_options(settings),
     help="Last counted state of each simulation, keyed '{batch_id}/{simulation_id}'",
 )
 
@@ -42,6 +44,7 @@ batch_stops = app.GlobalTable(
     default=None,
     key_type=str,
     partitions=settings.kafka_partitions,
+    options=table_options(settings),
     recovery_buffer_size=1,
     help="Batches whose max_cost_usd was reached (simapp/observe/progress.py apply_spend)",
 )

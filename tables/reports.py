@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from simapp.worker.application import app, settings
+from simapp.worker.application import app, settings, table_options
 
 reports_table = app.Table(
     "reports",
     default=None,
     key_type=str,
     partitions=settings.kafka_partitions,
+    options=table_options(settings),
     help="Batch report rows by batch id (see simapp/observe/report.py)",
 )
 

@@ -8,12 +8,13 @@ safe, and gives the row format).
 
 from __future__ import annotations
 
-from simapp.worker.application import app, settings
+from simapp.worker.application import app, settings, table_options
 
 simulations = app.Table(
     "simulations",
     default=None,
     partitions=settings.kafka_partitions,
+    options=table_options(settings),
     value_type=bytes,  # raw: compact JSON bytes, made by simapp.simulation.checkpoints
     help="Simulation status and per-turn checkpoints, by simulation id",
 )

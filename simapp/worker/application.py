@@ -125,6 +125,17 @@ class SimApp(faust.App):
         return SafeCommitTransport(self.conf.broker_consumer, self)
 
 
+def table_options(settings: Settings) -> dict[str, Any]:
+    """A table's store options (`app.Table(options=...)`): the RocksDB store's memory per
+    partition database, bounded (the memory store ignores them). A fresh dict per table:
+    Faust's RocksDB store pops keys off the dict it is given."""
+    return {
+        "write_buffer_size": settings.rocksdb_write_buffer_bytes,
+        "max_write_buffer_number": 2,
+        "block_cache_size": settings.rocksdb_block_cache_bytes,
+    }
+
+
 def faust_config(settings: Settings) -> dict[str, Any]:
     """Faust settings derived from ours."""
     # the URL's scheme picks Faust's aiokafka driver; TLS and SASL come from broker_credentials
