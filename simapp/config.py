@@ -309,10 +309,11 @@ class Settings(BaseSettings):
     rocksdb_write_buffer_bytes: int = Field(
         256 * 1024,
         ge=64 * 1024,
+        le=1 << 30,
         description="memtable size of each RocksDB table partition (at most 2 are kept)",
     )
     rocksdb_block_cache_bytes: int = Field(
-        128 * 1024, ge=0, description="block cache of each RocksDB table partition"
+        128 * 1024, ge=0, le=1 << 30, description="block cache of each RocksDB table partition"
     )
 
     # --- Retention: what a worker forgets (simapp/worker/retention.py) ---

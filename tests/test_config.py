@@ -54,3 +54,14 @@ def test_the_pool_follows_the_ceiling_unless_capped():
         _env_file=None, concurrent_conversations=500, llm_connection_pool_size=50
     )
     assert (capped.llm_pool_size, capped.conversation_ceiling) == (50, 50)
+
+
+def test_rocksdb_memory_settings_refuse_what_would_not_bound_it(monkeypatch):
+    """A memtable too small to hold a row, or sizes that would not bound a worker's memory,
+    are refused by name (issue 19: Faust's 64 MB x 3 per partition database grew for weeks)."""
+    monkeypatch.setenv("ROCKSDB_WRITE_BUFFER_BYTES", "1")
+    monkeypatch.setenv("ROCKSDB_BLOCK_CACHE_BYTES", str(1 << 40))
+    with pytest.raises(SettingsError) as err:
+        load_settings(_env_file=None)
+    assert "ROCKSDB_WRITE_BUFFER_BYTES" in str(err.value)
+    assert "ROCKSDB_BLOCK_CACHE_BYTES" in str(err.value)
