@@ -150,6 +150,13 @@ class Watcher(threading.Thread):
     def max_completed(self) -> int:
         return max((v["completed"] for v in self.views()), default=0)
 
+    def catch_up(self, completed: int, timeout: float = 30) -> None:
+        """Until the watcher's own polls have seen `completed` (the workers already answer it):
+        stopping it at once can leave its last sample from before the end."""
+        deadline = time.monotonic() + timeout
+        while self.max_completed() < completed and time.monotonic() < deadline:
+            time.sleep(0.2)
+
     def stop(self) -> None:
         self.halt.set()
         self.join(timeout=60)
@@ -439,6 +446,7 @@ def test_restart_of_the_owner_with_steady_progress_messages(group: Group) -> Non
         feeder.join(timeout=120)
         assert feeder.error is None, feeder.error
         answers = wait_done(group, batch_id, n, timeout=90)
+        watcher.catch_up(n)
     finally:
         watcher.stop()
     views = watcher.views()
@@ -480,10 +488,7 @@ def test_restart_of_the_owner_mid_batch_keeps_counting(group: Group) -> None:
         except AssertionError as exc:
             explain_unfinished(group, batch_id, n, exc)
         note("done on every worker")
-        # the watcher's own next poll (every 0.3 s) sees it too
-        deadline = time.monotonic() + 15
-        while watcher.max_completed() < n and time.monotonic() < deadline:
-            time.sleep(0.2)
+        watcher.catch_up(n)
     finally:
         watcher.stop()
     views = watcher.views()
