@@ -58,7 +58,7 @@ def workers(stack: EmbeddedStack, ns: Namespace) -> Iterator[WorkerFactory]:
     try:
         yield factory
     finally:
-        factory.stop_all()
+        factory.kill_all()
         defaults = (stack.extra_mock_defaults, stack.extra_endpoint_defaults)  # type: ignore[attr-defined]
         for mock, config in zip((stack.mock_url, stack.endpoint_url), defaults, strict=True):
             http_json(f"{mock}/admin/config", config)
@@ -67,7 +67,7 @@ def workers(stack: EmbeddedStack, ns: Namespace) -> Iterator[WorkerFactory]:
 
 
 class WorkerFactory:
-    """Starts workers bound to a test's namespace; stops them (SIGTERM, then SIGKILL) after."""
+    """Starts workers bound to a test's namespace; SIGKILLs them after the test."""
 
     def __init__(self, stack: EmbeddedStack, ns: Namespace) -> None:
         self.stack = stack
@@ -89,6 +89,15 @@ class WorkerFactory:
             # the test is over: a worker still waiting out its shutdown grace (conversations
             # held by a dead provider) is killed after a few seconds, not waited for
             worker.stop(timeout=5)
+        self.stack.workers = [w for w in self.stack.workers if w not in self.started]
+
+    def kill_all(self) -> None:
+        """The test is over and nothing reads its workers any more: SIGKILL them. A clean
+        stop costs a second or more per worker (Faust's shutdown sleeps) and asserts nothing;
+        tests that need a clean stop call `stop_all` themselves. The consumer group and topics
+        are the test's own, so a member left behind disturbs no other test."""
+        for worker in self.started:
+            worker.kill()
         self.stack.workers = [w for w in self.stack.workers if w not in self.started]
 
 
