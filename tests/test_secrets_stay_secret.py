@@ -22,7 +22,14 @@ import pytest
 
 from simapp.embedded.stack import http_json, http_text
 from tests.conftest import ENDPOINT
-from tests.helpers import events_for, read_topic, send_events, send_raw, wait_until
+from tests.helpers import (
+    events_for,
+    read_topic,
+    read_topic_to_end,
+    send_events,
+    send_raw,
+    wait_until,
+)
 from tests.test_readme_commands import run, user_env
 
 pytestmark = pytest.mark.slow
@@ -71,7 +78,8 @@ def test_no_secret_and_no_prompt_leaks(stack, ns, workers, tmp_path):
     assert wait_until(lambda: http_json(f"{web}/progress/{batch}/", headers=auth)["done"], 60)
     topics = ns.overrides()
     dead = read_topic(stack.bootstrap, topics["dlq_topic"], 1, timeout=30)
-    progress = read_topic(stack.bootstrap, topics["progress_topic"], 24, timeout=30)
+    # consumed, then completed or failed: two per event (the unparsable record has none)
+    progress = read_topic_to_end(stack.bootstrap, topics["progress_topic"], 2 * len(events))
     results = read_topic(stack.bootstrap, topics["results_topic"], 8, timeout=30)
     assert dead and len(results) == 8
     env = user_env(
