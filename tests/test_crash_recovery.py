@@ -112,7 +112,9 @@ def test_sigterm_past_the_grace_loses_no_conversation(stack, ns, workers):
 
 def test_flaky_receiver_gets_every_summary(stack, ns, workers):
     http_json(f"{stack.sink_url}/admin/config", {"fail_first": 2})
-    workers.start(callback_retry_attempts=5)
+    # every id's first two POSTs fail, so the receiver's breaker opens again and again: probe
+    # it every second, not every 5 s (the default), or the test waits out the probes
+    workers.start(callback_retry_attempts=5, callback_breaker_reset=1)
     events = events_for(stack, 10)
     ids = {e["id"] for e in events}
     send_events(stack, ns, events)
