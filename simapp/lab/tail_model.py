@@ -27,6 +27,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from simapp.embedded.mock_llm import lognormal_params
+
 MEAN_CALLS = 4.5  # the catalogue's mean calls per conversation (make bench: 4.46)
 
 
@@ -49,8 +51,7 @@ class Rules:
 def latency_sampler(rng: random.Random, mean: float, sd: float, dist: str) -> Callable[[], float]:
     """Seconds per call, as the mock draws them (uniform mean ± sd, or log-normal)."""
     if dist == "lognormal":
-        s2 = math.log(1 + (sd / mean) ** 2)
-        mu, sigma = math.log(mean) - s2 / 2, math.sqrt(s2)
+        mu, sigma = lognormal_params(mean, sd)  # the mock's own (unit-free) parameters
         return lambda: rng.lognormvariate(mu, sigma)
     return lambda: rng.uniform(max(0.0, mean - sd), mean + sd)
 
@@ -74,7 +75,7 @@ def run(rules: Rules, rate: float, latency: Callable[[], float], mean_latency: f
     queue: list[tuple[int, int, int]] = []  # (key, seq, conv)
     state = {"seq": 0, "running": 0, "next": 0.0, "end": 0.0, "longest": 0.0}
 
-    def push_call(now: float, i: int) -> None:
+    def push_call(i: int) -> None:
         state["seq"] += 1
         c = convs[i]
         to_go = c.calls_left if rules.priority == "known" else 2 * c.max_iterations - c.calls_made
@@ -91,7 +92,7 @@ def run(rules: Rules, rate: float, latency: Callable[[], float], mean_latency: f
             i = door.pop(0)
             state["running"] += 1
             convs[i].admitted_at = now
-            push_call(now, i)
+            push_call(i)
 
     def grant(now: float) -> None:
         if state["next"] < now - 0.5:
@@ -119,7 +120,7 @@ def run(rules: Rules, rate: float, latency: Callable[[], float], mean_latency: f
                 state["longest"] = max(state["longest"], now - c.admitted_at)
                 admit(now)
             else:
-                push_call(now, i)
+                push_call(i)
         grant(now)
     return state["end"] / floor, floor, state["longest"]
 
