@@ -61,8 +61,11 @@ def send_raw(
     return asyncio.run(produce(ns.settings(stack), list(records)))
 
 
-def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -> list[dict]:
-    """Read JSON values from the start of `topic` until `expect` records or the timeout."""
+def read_topic(
+    bootstrap: str, topic: str, expect: int | None, timeout: float = 30.0
+) -> list[dict]:
+    """Read JSON values from the start of `topic` until `expect` records or the timeout
+    (`expect=None`: on to the topic's end, as far as it is now)."""
     from simapp.config import load_settings
     from simapp.kafka.reader import TopicReader, json_value
 
@@ -73,7 +76,7 @@ def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -
             await reader.from_start(topic)
             try:
                 async with asyncio.timeout(timeout):
-                    async for record in reader.records(to_end=False, limit=expect):
+                    async for record in reader.records(to_end=expect is None, limit=expect):
                         out.append(json_value(record))
             except TimeoutError:
                 pass
@@ -85,27 +88,11 @@ def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -
 def read_topic_to_end(
     bootstrap: str, topic: str, at_least: int, timeout: float = 30.0
 ) -> list[dict]:
-    """Read JSON values from the start of `topic` until `at_least` records (or the timeout),
-    then on to the topic's end: every record there, not a guessed count of them."""
-    from simapp.config import load_settings
-    from simapp.kafka.reader import TopicReader, json_value
-
-    async def _read() -> list[dict]:
-        settings = load_settings(kafka_bootstrap_servers=bootstrap)
-        if at_least > 0:  # wait for them (a fetch past `limit` drops the rest of its batch)
-            async with TopicReader(settings) as reader:
-                await reader.from_start(topic)
-                try:
-                    async with asyncio.timeout(timeout):
-                        async for _ in reader.records(to_end=False, limit=at_least):
-                            pass
-                except TimeoutError:
-                    pass
-        async with TopicReader(settings) as reader:
-            await reader.from_start(topic)
-            return [json_value(record) async for record in reader.records(to_end=True)]
-
-    return asyncio.run(_read())
+    """Every record of `topic`, not a guessed count of them: wait for `at_least` (or the
+    timeout), then read again to the end (a fetch past `limit` drops the rest of its batch)."""
+    if at_least > 0:
+        read_topic(bootstrap, topic, at_least, timeout)
+    return read_topic(bootstrap, topic, None, timeout)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
