@@ -74,6 +74,7 @@ def run(rules: Rules, rate: float, latency: Callable[[], float], mean_latency: f
     events: list[tuple[float, int, int, int]] = []  # (time, seq, kind 0=tick 1=done, conv)
     queue: list[tuple[int, int, int]] = []  # (key, seq, conv)
     state = {"seq": 0, "running": 0, "next": 0.0, "end": 0.0, "longest": 0.0}
+    state["tick"] = math.inf  # the earliest tick already scheduled: one is enough
 
     def push_call(i: int) -> None:
         state["seq"] += 1
@@ -102,14 +103,18 @@ def run(rules: Rules, rate: float, latency: Callable[[], float], mean_latency: f
             state["next"] += 1.0 / rate
             state["seq"] += 1
             heapq.heappush(events, (now + latency(), state["seq"], 1, i))
-        if queue:
+        at = max(state["next"], now)
+        if queue and at < state["tick"]:
             state["seq"] += 1
-            heapq.heappush(events, (max(state["next"], now), state["seq"], 0, -1))
+            state["tick"] = at
+            heapq.heappush(events, (at, state["seq"], 0, -1))
 
     admit(0.0)
     grant(0.0)
     while events:
         now, _, kind, i = heapq.heappop(events)
+        if kind == 0 and now >= state["tick"]:
+            state["tick"] = math.inf
         if kind == 1:
             c = convs[i]
             c.calls_left -= 1
